@@ -1,0 +1,1 @@
+"""Reading and writing models: sparse checkpoints, the OpenAI importer, bridge export."""

@@ -1,0 +1,122 @@
+"""Causal self-attention with AbsTopK on its read, q/k/v and write, and an optional sink.
+
+The paper's node sites are HookPoints here: ``hook_read`` (the residual read after norm,
+position concat and AbsTopK), ``hook_q``/``hook_k``/``hook_v`` (channels after AbsTopK, applied
+over all heads jointly, not per head). The write (output after W_O and AbsTopK) is the block's
+``hook_attn_out``.
+
+The sink is a prepended key/value slot with zero key and zero value whose score is a learned
+per-head logit; it lets a head attend "nowhere". ``hook_attn_scores`` and ``hook_pattern`` cover
+the real keys only, so with a sink a pattern row sums to 1 minus the sink's share.
+
+When nothing hooks the scores or the pattern, the forward uses fused scaled-dot-product attention
+(same maths, far less memory on long contexts); a test checks both paths agree.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float
+from torch import Tensor, nn
+from transformer_lens.hook_points import HookPoint
+
+from sparse_lens.config import SparseConfig
+from sparse_lens.model.components import maybe_abstopk
+
+
+def _bias(module: nn.Module, name: str, shape: tuple[int, ...], learned: bool) -> None:
+    if learned:
+        setattr(module, name, nn.Parameter(torch.zeros(shape)))
+    else:  # keep TL accessors (b_Q, ...) working on bias-free models
+        module.register_buffer(name, torch.zeros(shape), persistent=False)
+
+
+def _hooked(hook: HookPoint) -> bool:
+    return bool(hook.fwd_hooks) or bool(hook.bwd_hooks)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: SparseConfig):
+        super().__init__()
+        self.cfg = cfg
+        h, d_in, dh = cfg.n_heads, cfg.d_in, cfg.d_head
+        self.W_Q = nn.Parameter(torch.empty(h, d_in, dh))
+        self.W_K = nn.Parameter(torch.empty(h, d_in, dh))
+        self.W_V = nn.Parameter(torch.empty(h, d_in, dh))
+        self.W_O = nn.Parameter(torch.empty(h, dh, cfg.d_model))
+        for name, shape in (("b_Q", (h, dh)), ("b_K", (h, dh)), ("b_V", (h, dh)), ("b_O", (cfg.d_model,))):
+            _bias(self, name, shape, cfg.use_bias)
+        if cfg.attn_sink:
+            self.sink_logit = nn.Parameter(torch.zeros(h))
+
+        self.topk_read = maybe_abstopk(cfg, "attn_in")
+        self.topk_q = maybe_abstopk(cfg, "attn_q")
+        self.topk_k = maybe_abstopk(cfg, "attn_k")
+        self.topk_v = maybe_abstopk(cfg, "attn_v")
+        self.topk_write = maybe_abstopk(cfg, "attn_out")
+
+        self.hook_read = HookPoint()  # [batch, pos, d_in]   node: attention residual read
+        self.hook_q = HookPoint()  # [batch, pos, head, d_head]  node: q channel
+        self.hook_k = HookPoint()  # [batch, pos, head, d_head]  node: k channel
+        self.hook_v = HookPoint()  # [batch, pos, head, d_head]  node: v channel
+        self.hook_attn_scores = HookPoint()  # [batch, head, query_pos, key_pos]
+        self.hook_pattern = HookPoint()  # [batch, head, query_pos, key_pos]
+        self.hook_z = HookPoint()  # [batch, pos, head, d_head]
+        if cfg.use_attn_result:
+            self.hook_result = HookPoint()  # [batch, pos, head, d_model]
+
+    def _project(self, x: Tensor, W: Tensor, b: Tensor, topk: nn.Module) -> Tensor:
+        out = torch.einsum("bpi,hid->bphd", x, W) + b
+        return topk(out.flatten(-2)).view_as(out)
+
+    def forward(self, x: Float[Tensor, "batch pos d_in"]) -> Float[Tensor, "batch pos d_model"]:
+        x = self.hook_read(self.topk_read(x))
+        q = self.hook_q(self._project(x, self.W_Q, self.b_Q, self.topk_q))
+        k = self.hook_k(self._project(x, self.W_K, self.b_K, self.topk_k))
+        v = self.hook_v(self._project(x, self.W_V, self.b_V, self.topk_v))
+
+        if _hooked(self.hook_attn_scores) or _hooked(self.hook_pattern):
+            z = self._explicit_attention(q, k, v)
+        else:
+            z = self._fused_attention(q, k, v)
+        z = self.hook_z(z)
+
+        if self.cfg.use_attn_result:
+            result = self.hook_result(torch.einsum("bphd,hdm->bphm", z, self.W_O))
+            out = result.sum(-2) + self.b_O
+        else:
+            out = torch.einsum("bphd,hdm->bpm", z, self.W_O) + self.b_O
+        return self.topk_write(out)
+
+    def _explicit_attention(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        n_pos = q.shape[1]
+        scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(self.cfg.d_head)
+        causal = torch.ones(n_pos, n_pos, dtype=torch.bool, device=q.device).tril()
+        scores = self.hook_attn_scores(scores.masked_fill(~causal, float("-inf")))
+        if self.cfg.attn_sink:
+            sink = self.sink_logit.view(1, -1, 1, 1).expand(*scores.shape[:3], 1)
+            pattern = F.softmax(torch.cat([sink, scores], dim=-1), dim=-1)[..., 1:]
+        else:
+            pattern = F.softmax(scores, dim=-1)
+        pattern = self.hook_pattern(pattern)
+        return torch.einsum("bhqk,bkhd->bqhd", pattern, v)
+
+    def _fused_attention(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [batch, head, pos, d_head]
+        if not self.cfg.attn_sink:
+            z = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            return z.transpose(1, 2)
+        batch, heads, n_pos, d_head = q.shape
+        zeros = q.new_zeros(batch, heads, 1, d_head)
+        k = torch.cat([zeros, k], dim=2)
+        v = torch.cat([zeros, v], dim=2)
+        causal = torch.ones(n_pos, n_pos, dtype=torch.bool, device=q.device).tril()
+        mask = q.new_zeros(n_pos, n_pos + 1).masked_fill(
+            ~torch.cat([causal.new_ones(n_pos, 1), causal], dim=1), float("-inf")
+        )
+        mask = mask.view(1, 1, n_pos, n_pos + 1) + F.pad(self.sink_logit.view(1, heads, 1, 1), (0, n_pos))
+        z = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return z.transpose(1, 2)

@@ -1,0 +1,129 @@
+"""Small building blocks: RMSNorm, AbsTopK, embeddings, unembedding and the bigram table.
+
+Each class holds one concept and declares its HookPoints where they fire, with their shapes.
+Weights are stored in TransformerLens layout (``W_E`` [d_vocab, d_model], ``W_U`` [d_model,
+d_vocab]) so TL accessors read the real, sparse tensors.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float, Int
+from torch import Tensor, nn
+from transformer_lens.hook_points import HookPoint
+
+from sparse_lens.config import SparseConfig
+
+
+def abstopk(x: Float[Tensor, "... width"], k: int) -> Float[Tensor, "... width"]:
+    """Keep the k entries of largest magnitude along the last dim, zero the rest.
+
+    Ties at the threshold are broken by torch.topk (an arbitrary but deterministic choice), so
+    exactly k entries survive per row.
+    """
+    width = x.shape[-1]
+    if k >= width:
+        return x
+    _, keep = torch.topk(x.abs(), k, dim=-1, sorted=False)
+    return torch.zeros_like(x).scatter(-1, keep, x.gather(-1, keep))
+
+
+class AbsTopK(nn.Module):
+    """Activation sparsity: k = int(frac * width) entries survive per token (paper frac = 1/4)."""
+
+    def __init__(self, frac: float):
+        super().__init__()
+        self.frac = frac
+
+    def forward(self, x: Tensor) -> Tensor:
+        return abstopk(x, int(self.frac * x.shape[-1]))
+
+    def extra_repr(self) -> str:
+        return f"frac={self.frac}"
+
+
+def maybe_abstopk(cfg: SparseConfig, location: str) -> nn.Module:
+    """An AbsTopK module if the config sparsifies ``location``, else an identity."""
+    frac = cfg.abstopk_at(location)
+    return nn.Identity() if frac is None else AbsTopK(frac)
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm with a weight and no bias (a zero weight keeps its meaning: the channel is off).
+
+    ``hook_normalized`` sees x / scale before the weight, as in TransformerLens, so that
+    ActivationCache.apply_ln_to_stack and the logit lens behave as on any TL model.
+    """
+
+    def __init__(self, width: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.w = nn.Parameter(torch.ones(width))
+        self.hook_scale = HookPoint()  # [batch, pos, 1]
+        self.hook_normalized = HookPoint()  # [batch, pos, width]
+
+    def forward(self, x: Float[Tensor, "batch pos width"]) -> Float[Tensor, "batch pos width"]:
+        scale = self.hook_scale((x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
+        return self.hook_normalized(x / scale) * self.w
+
+
+class Embed(nn.Module):
+    def __init__(self, cfg: SparseConfig):
+        super().__init__()
+        self.W_E = nn.Parameter(torch.empty(cfg.d_vocab, cfg.d_model))
+
+    def forward(self, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_model"]:
+        return F.embedding(tokens, self.W_E)
+
+
+class PosEmbed(nn.Module):
+    """Learned positions: [n_ctx, d_model] when added, [n_ctx, d_pos_emb] when concatenated."""
+
+    def __init__(self, cfg: SparseConfig):
+        super().__init__()
+        self.W_pos = nn.Parameter(torch.empty(cfg.n_ctx, cfg.d_pos))
+
+    def forward(self, batch: int, n_pos: int) -> Float[Tensor, "batch pos d_pos"]:
+        return self.W_pos[:n_pos].unsqueeze(0).expand(batch, -1, -1)
+
+
+class Unembed(nn.Module):
+    """Logits = x @ W_U + b_U. With tied embeddings W_U is a view of ``embed.W_E`` (transposed).
+
+    ``b_U`` is OpenAI's ``final_logits_bias``: a buffer, not trained; zeros unless imported.
+    """
+
+    def __init__(self, cfg: SparseConfig, embed: Embed):
+        super().__init__()
+        self._tied_embed = [embed] if cfg.tied_unembed else None  # a list hides it from nn.Module
+        if not cfg.tied_unembed:
+            self.W_U = nn.Parameter(torch.empty(cfg.d_model, cfg.d_vocab))
+        self.register_buffer("b_U", torch.zeros(cfg.d_vocab), persistent=cfg.final_logits_bias)
+
+    def __getattr__(self, name: str):
+        if name == "W_U" and self.__dict__.get("_tied_embed"):
+            return self.__dict__["_tied_embed"][0].W_E.T
+        return super().__getattr__(name)
+
+    def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_vocab"]:
+        return x @ self.W_U + self.b_U
+
+
+class BigramTable(nn.Module):
+    """logits[t] += W_bigram[token[t]]: a dense [d_vocab, d_vocab] table (learnable or fixed).
+
+    It carries bigram statistics so the sparse weights need not; it is never sparsified.
+    """
+
+    def __init__(self, cfg: SparseConfig):
+        super().__init__()
+        table = torch.zeros(cfg.d_vocab, cfg.d_vocab)
+        if cfg.bigram_table == "learnable":
+            self.W_bigram = nn.Parameter(table)
+        else:
+            self.register_buffer("W_bigram", table)
+        self.hook_logits = HookPoint()  # [batch, pos, d_vocab]
+
+    def forward(self, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_vocab"]:
+        return self.hook_logits(F.embedding(tokens, self.W_bigram))

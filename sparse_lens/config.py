@@ -179,12 +179,24 @@ class SparseConfig(TransformerLensConfig):
                 path=source,
                 field=unknown[0],
             )
+        hints = typing.get_type_hints(cls)
+        values = {}
+        for name, value in config_dict.items():
+            if isinstance(value, list) and typing.get_origin(hints[name]) is tuple:
+                value = tuple(value)  # JSON has no tuples
+            if not _matches(value, hints[name]):
+                raise SparseLensError(
+                    f"expected {_describe(hints[name])}, got {type(value).__name__} {value!r}",
+                    path=source,
+                    field=name,
+                )
+            values[name] = value
         try:
-            return cls(**config_dict)
+            return cls(**values)
         except SparseLensError as error:
             if source is None:
                 raise
-            raise SparseLensError(str(error), path=source) from None
+            raise SparseLensError(str(error), path=source, field=None) from None
 
     def to_json(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")

@@ -128,7 +128,7 @@ def load_pretrained(name_or_path: str | Path, device: str | None = None):
 
     from sparse_lens.model.transformer import SparseTransformer
 
-    directory = resolve_checkpoint_dir(_locate(name_or_path))
+    directory = _locate(name_or_path)
     cfg = SparseConfig.from_json(directory / CONFIG_FILE)
     if device is not None:
         cfg.device = device
@@ -176,7 +176,7 @@ def load_state(model, tensors: dict[str, Tensor], source: str | Path) -> None:
 
 
 def _locate(name_or_path: str | Path) -> Path:
-    path = Path(name_or_path)
+    path = resolve_checkpoint_dir(Path(name_or_path))
     if path.exists() or any(sep in str(name_or_path) for sep in ("/", os.sep)):
         if not path.exists():
             raise SparseLensError("no such model directory", path=path)

@@ -99,13 +99,14 @@ class Corpus:
         return (
             f"{len(self.documents)} documents ({self.n_bytes / 1e6:.1f} MB) from "
             f"{', '.join(self.sources)}: {len(self.train)} train, {len(self.heldout)} held-out; "
-            f"skipped {skipped}" + (f" ({reasons})" if reasons else "")
+            f"skipped {skipped}"
+            + (f" ({reasons})" if reasons else "")
             + f"; manifest {self.manifest_hash[:12]}"
         )
 
 
 def load_corpus(
-    sources: Sequence[str | Path] | None = None,
+    sources: Sequence[str | Path] | str | Path | None = None,
     heldout_fraction: float = DEFAULT_HELDOUT_FRACTION,
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
 ) -> Corpus:
@@ -122,6 +123,8 @@ def load_corpus(
         )
     if sources is None:
         sources = [stdlib_dir()]
+    elif isinstance(sources, (str, Path)):  # one path given bare, not as a list of characters
+        sources = [sources]
     if len(sources) == 0:
         raise SparseLensError("no corpus sources given; pass directories or files", field="corpus")
 
@@ -171,16 +174,15 @@ def _assign_splits(names: list[str], heldout_fraction: float) -> list[bool]:
     """True for held-out documents: those whose name hashes below ``heldout_fraction``.
 
     On tiny corpora the hash can leave a split empty; then the document with the lowest (or
-    highest) score moves, so both splits are non-empty whenever there are two documents and a
-    nonzero fraction.
+    highest) score moves, so train is never empty and held-out is non-empty whenever there are
+    two documents and a nonzero fraction.
     """
     scores = [_split_score(n) for n in names]
     held = [s < heldout_fraction for s in scores]
-    if heldout_fraction > 0 and len(names) >= 2:
-        if not any(held):
-            held[min(range(len(names)), key=lambda i: (scores[i], i))] = True
-        if all(held):
-            held[max(range(len(names)), key=lambda i: (scores[i], i))] = False
+    if heldout_fraction > 0 and len(names) >= 2 and not any(held):
+        held[min(range(len(names)), key=lambda i: (scores[i], i))] = True
+    if held and all(held):
+        held[max(range(len(names)), key=lambda i: (scores[i], i))] = False
     return held
 
 
@@ -188,8 +190,8 @@ def _read_source(
     source: str | Path, skipped: Counter[str], max_file_bytes: int, seen: set[Path]
 ) -> Iterator[tuple[str, str]]:
     """Yield (name, text) for every usable document of one source."""
-    text_source = str(source)
-    if any(ch in text_source for ch in "*?["):
+    text_source = os.path.expanduser(str(source))
+    if not Path(text_source).exists() and any(ch in text_source for ch in "*?["):
         root = _glob_root(text_source)
         matches = sorted(Path(p) for p in glob.glob(text_source, recursive=True))
         files = [p for p in matches if p.is_file() and p.suffix in (".py", ".txt", ".jsonl")]
@@ -200,7 +202,9 @@ def _read_source(
                 path=text_source,
             )
         for path in files:
-            yield from _read_file(path, path.relative_to(root).as_posix(), skipped, max_file_bytes, seen)
+            yield from _read_file(
+                path, path.relative_to(root).as_posix(), skipped, max_file_bytes, seen
+            )
         return
 
     path = Path(source).expanduser()
@@ -215,7 +219,9 @@ def _read_source(
             yield from _read_hf_dataset(path, skipped)
             return
         for file in _walk_py_files(path):
-            yield from _read_file(file, file.relative_to(path).as_posix(), skipped, max_file_bytes, seen)
+            yield from _read_file(
+                file, file.relative_to(path).as_posix(), skipped, max_file_bytes, seen
+            )
         return
     if path.suffix not in (".py", ".txt", ".jsonl"):
         raise SparseLensError(
@@ -226,7 +232,7 @@ def _read_source(
 
 def _glob_root(pattern: str) -> Path:
     """The directory part of a glob pattern before its first wildcard (names are relative to it)."""
-    parts = Path(pattern).expanduser().parts
+    parts = Path(pattern).parts
     fixed = []
     for part in parts:
         if any(ch in part for ch in "*?["):
@@ -288,11 +294,12 @@ def _jsonl_documents(
         try:
             row = json.loads(line)
         except json.JSONDecodeError as error:
-            raise SparseLensError(f"line {lineno} is not valid JSON ({error.msg})", path=path) from None
+            raise SparseLensError(
+                f"line {lineno} is not valid JSON ({error.msg})", path=path
+            ) from None
         if not isinstance(row, dict) or not isinstance(row.get("text"), str):
             raise SparseLensError(
-                f"line {lineno} has no string 'text' field; each line must be "
-                '{"text": "..."}',
+                f'line {lineno} has no string \'text\' field; each line must be {{"text": "..."}}',
                 path=path,
             )
         if row["text"]:

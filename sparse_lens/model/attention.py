@@ -42,6 +42,7 @@ class Attention(nn.Module):
     def __init__(self, cfg: SparseConfig):
         super().__init__()
         self.cfg = cfg
+        self.always_explicit = False  # see SparseTransformer.set_explicit_attention
         h, d_in, dh = cfg.n_heads, cfg.d_in, cfg.d_head
         self.W_Q = nn.Parameter(torch.empty(h, d_in, dh))
         self.W_K = nn.Parameter(torch.empty(h, d_in, dh))
@@ -78,7 +79,7 @@ class Attention(nn.Module):
         k = self.hook_k(self._project(x, self.W_K, self.b_K, self.topk_k))
         v = self.hook_v(self._project(x, self.W_V, self.b_V, self.topk_v))
 
-        if _hooked(self.hook_attn_scores) or _hooked(self.hook_pattern):
+        if self.always_explicit or _hooked(self.hook_attn_scores) or _hooked(self.hook_pattern):
             z = self._explicit_attention(q, k, v)
         else:
             z = self._fused_attention(q, k, v)

@@ -85,7 +85,7 @@ class PosEmbed(nn.Module):
         self.W_pos = nn.Parameter(torch.empty(cfg.n_ctx, cfg.d_pos))
 
     def forward(self, batch: int, n_pos: int) -> Float[Tensor, "batch pos d_pos"]:
-        return self.W_pos[:n_pos].unsqueeze(0).expand(batch, -1, -1)
+        return self.W_pos[:n_pos].unsqueeze(0).expand(batch, -1, -1).clone()  # hooks may edit it
 
 
 class Unembed(nn.Module):

@@ -106,6 +106,12 @@ class SparseTransformer(HookedRootModule):
                 scale = std / math.sqrt(2 * self.cfg.n_layers) if leaf in ("W_O", "W_out") else std
                 param.copy_(torch.randn(param.shape, generator=generator) * scale)
 
+    def set_explicit_attention(self, explicit: bool = True) -> None:
+        """Always materialise attention scores and patterns (instead of only when a
+        TransformerLens hook is attached), e.g. for nnsight, which cannot be seen by the check."""
+        for block in self.blocks:
+            block.attn.always_explicit = explicit
+
     def set_tokenizer(self, tokenizer: Tokenizer) -> None:
         size = tokenizer.get_vocab_size()
         if size != self.cfg.d_vocab:
@@ -135,6 +141,7 @@ class SparseTransformer(HookedRootModule):
         residual stream entering that block is returned (TransformerLens semantics).
         """
         loss_mask = None
+        embedded_here = start_at_layer is None
         if start_at_layer is None:
             if isinstance(input, (str, list)):
                 tokens, loss_mask = self._tokenize_batch(input)
@@ -159,7 +166,7 @@ class SparseTransformer(HookedRootModule):
         if self.cfg.positional_embedding_type != "none":
             pos = self.hook_pos_embed(self.pos_embed(batch, n_pos))
             if self.cfg.positional_embedding_type == "standard":
-                if start_at_layer == 0:
+                if embedded_here:
                     resid = resid + pos
                 pos = None
 
@@ -303,7 +310,7 @@ class SparseTransformer(HookedRootModule):
         do_sample: bool = True,
         stop_at_eos: bool = True,
         seed: int | None = None,
-    ) -> str | Int[Tensor, "batch pos"]:
+    ) -> str | Int[Tensor, "batch new_pos"]:
         """Sample a continuation (greedy with do_sample=False). Strings in, string out."""
         tokens = self.to_tokens(input) if isinstance(input, str) else input
         generator = None if seed is None else torch.Generator(device=tokens.device).manual_seed(seed)

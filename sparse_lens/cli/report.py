@@ -1,0 +1,107 @@
+"""`sparse-lens report`: one offline HTML page about a task circuit.
+
+A thin shell over :func:`sparse_lens.viz.write_report`. The circuit comes from ``--circuit``
+(read with ``Circuit.load``, which refuses a circuit found on other weights) or, without it, is
+pruned here with the circuits package's defaults. Held-out windows for the top-activating
+snippets are the model's own held-out pretraining tokens (the ones its mean cache uses).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "report",
+        help="write a self-contained HTML report of a task circuit",
+        description="Write one offline HTML page: circuit diagram, validation numbers, node "
+        "activations on task prompts of both classes, attention patterns of the circuit's heads "
+        "and each node's top-activating held-out snippets. Loads nothing from the network.",
+    )
+    parser.add_argument(
+        "model", help="a model directory (config.json + model.safetensors) or shipped name"
+    )
+    parser.add_argument("--task", required=True, help="task name (see `sparse-lens tasks list`)")
+    parser.add_argument(
+        "--circuit", metavar="CIRCUIT.json", help="the circuit; default: prune one now"
+    )
+    parser.add_argument(
+        "--validation", metavar="REPORT.json", help="a validation report to tabulate"
+    )
+    parser.add_argument(
+        "--out", required=True, metavar="report.html", help="where to write the page"
+    )
+    parser.add_argument(
+        "--examples", type=int, default=3, help="test-split pairs to show (default 3)"
+    )
+    parser.add_argument(
+        "--heldout-windows",
+        type=int,
+        default=32,
+        help="held-out pretraining windows searched for top activations (default 32; 0: skip)",
+    )
+    parser.add_argument("--top-k", type=int, default=5, help="snippets per node (default 5)")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the example pairs and of pruning"
+    )
+    parser.set_defaults(func=run_report, _parser=parser)
+
+
+def run_report(args: argparse.Namespace) -> int:
+    if args.examples < 1 or args.heldout_windows < 0 or args.top_k < 1:
+        args._parser.error("--examples and --top-k must be >= 1, --heldout-windows >= 0")
+
+    from pathlib import Path
+
+    from sparse_lens.model import SparseTransformer
+    from sparse_lens.viz import write_report
+
+    model = SparseTransformer.from_pretrained(args.model).eval()
+    model_dir = Path(args.model) if Path(args.model).is_dir() else None
+    circuit = _load_circuit(args.circuit, model) if args.circuit else _prune(model, model_dir, args)
+
+    heldout = None
+    if args.heldout_windows:
+        from sparse_lens.circuits import pretraining_tokens
+
+        n_tokens = args.heldout_windows * model.cfg.n_ctx
+        heldout = pretraining_tokens(model, model_dir, n_tokens=n_tokens)[: args.heldout_windows]
+
+    path = write_report(
+        model,
+        circuit,
+        args.task,
+        args.validation,
+        out_path=args.out,
+        examples=args.examples,
+        heldout=heldout,
+        top_k=args.top_k,
+        seed=args.seed,
+    )
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, self-contained)")
+    return 0
+
+
+def _load_circuit(path: str, model):
+    from sparse_lens.circuits import Circuit
+
+    return Circuit.load(path, model)
+
+
+def _prune(model, model_dir, args: argparse.Namespace):
+    """The circuits package's default pruning; a SparseLensError if no circuit meets the target."""
+    from sparse_lens.circuits import PruneConfig, mean_cache_for, prune_task
+    from sparse_lens.errors import SparseLensError
+
+    cache = mean_cache_for(model, model_dir)
+    result = prune_task(
+        model, args.task, config=PruneConfig(seed=args.seed), cache=cache, model_id=str(args.model)
+    )
+    if result.circuit is None:
+        raise SparseLensError(
+            f"no circuit reaches the target loss (best {result.best_loss:.3f}, full model "
+            f"{result.full_loss:.3f}); prune with other settings and pass --circuit",
+            field="task",
+        )
+    return result.circuit

@@ -1,0 +1,494 @@
+"""The Circuit: a task's minimal node set, as plain data that round-trips JSON exactly.
+
+A circuit is nodes (``(hook, index)`` pairs, :mod:`sparse_lens.nodes`) plus how they were found
+and how well they do. Its edges are never an independent record: they are the nonzero weights
+joining two kept nodes inside one sublayer, computed from the model when the circuit is built
+(:func:`circuit_edges`)::
+
+    attn_read -> q / k / v    W_Q / W_K / W_V [head, d_in, d_head]   (flat q index = head*d_head+c)
+    v -> attn_write           W_O [head, d_head, d_model]
+    mlp_read -> neuron        W_in [d_in, d_mlp]
+    neuron -> mlp_write       W_out [d_mlp, d_model]
+
+The JSON carries them (with their weights) for tools that have no model, and loading a circuit
+against a model (:meth:`Circuit.check_model`) recomputes them and refuses a file whose weights
+hash, hooks, indices or edges disagree with the model. Connections to the embedding (into a
+read channel) and to the unembedding (out of a write channel) are listed in
+``io_connections`` and are not edges: the paper counts edges inside sublayers only.
+
+A circuit is applied to a model as TransformerLens hooks (:meth:`Circuit.hooks`): keep only its
+nodes (everything else ablated: sufficiency) or ablate only its nodes (necessity).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from sparse_lens.circuits.ablation import Ablation, weights_hash
+from sparse_lens.circuits.masks import Hooks, keep_hooks
+from sparse_lens.errors import SparseLensError
+from sparse_lens.nodes import check_node, node_name, node_sites, site_by_hook
+
+FORMAT_VERSION = 1
+Mode = Literal["keep", "ablate"]
+
+
+@dataclass(frozen=True)
+class CircuitNode:
+    """One kept node: its hook, flat channel index, printable name and node type."""
+
+    hook: str
+    index: int
+    name: str
+    type: str
+
+
+@dataclass(frozen=True)
+class CircuitEdge:
+    """A nonzero weight from node ``src`` to node ``dst`` (names) inside one sublayer."""
+
+    src: str
+    dst: str
+    weight: float
+
+
+@dataclass(frozen=True)
+class IOConnection:
+    """Embedding -> read channel or write channel -> unembedding (not counted as an edge).
+
+    ``n_weights`` is how many vocabulary entries (or positions) the channel connects to, and
+    ``norm`` the L2 norm of that column / row of the embedding / unembedding.
+    """
+
+    src: str
+    dst: str
+    n_weights: int
+    norm: float
+
+
+@dataclass
+class Circuit:
+    """A circuit and its provenance. See the module docstring; JSON keys equal field names."""
+
+    model_id: str
+    weights_hash: str
+    task: str
+    split: str
+    target_loss: float
+    achieved_loss: float
+    target_met: bool
+    calibrated_loss: float
+    logit_scale: float
+    logit_shift: float
+    ablation: str
+    seed: int
+    n_nodes: int
+    n_edges: int
+    nodes: list[CircuitNode]
+    edges: list[CircuitEdge]
+    io_connections: list[IOConnection]
+    settings: dict[str, Any] = field(default_factory=dict)
+    search: list[dict[str, Any]] = field(default_factory=list)
+    format_version: int = FORMAT_VERSION
+
+    # ------------------------------------------------------------------ building
+    @classmethod
+    def build(
+        cls,
+        model: nn.Module,
+        nodes: Iterable[tuple[str, int]],
+        *,
+        task: str,
+        split: str,
+        target_loss: float,
+        achieved_loss: float,
+        calibrated_loss: float,
+        logit_scale: float,
+        logit_shift: float,
+        ablation: str,
+        seed: int,
+        model_id: str = "",
+        settings: dict[str, Any] | None = None,
+        search: list[dict[str, Any]] | None = None,
+    ) -> Circuit:
+        """A circuit of ``nodes`` on ``model``, with edges and io connections read from its weights."""
+        kept = sorted_nodes(model, nodes)
+        edges = circuit_edges(model, [(n.hook, n.index) for n in kept])
+        return cls(
+            model_id=model_id or str(getattr(model.cfg, "model_name", "")),
+            weights_hash=weights_hash(model),
+            task=task,
+            split=split,
+            target_loss=float(target_loss),
+            achieved_loss=float(achieved_loss),
+            target_met=bool(achieved_loss <= target_loss),
+            calibrated_loss=float(calibrated_loss),
+            logit_scale=float(logit_scale),
+            logit_shift=float(logit_shift),
+            ablation=ablation,
+            seed=int(seed),
+            n_nodes=len(kept),
+            n_edges=len(edges),
+            nodes=kept,
+            edges=edges,
+            io_connections=io_connections(model, kept),
+            settings=_jsonable(settings or {}),
+            search=_jsonable(search or []),
+        )
+
+    # ------------------------------------------------------------------ applying
+    def keep_mask(self, model: nn.Module) -> dict[str, Tensor]:
+        """hook -> [width] booleans, True on this circuit's nodes, for every node site."""
+        keep = {s.hook: torch.zeros(s.width, dtype=torch.bool) for s in node_sites(model.cfg)}
+        for node in self.nodes:
+            keep[node.hook][node.index] = True
+        return keep
+
+    def hooks(self, model: nn.Module, ablation: Ablation, mode: Mode = "keep") -> Hooks:
+        """Forward hooks for ``model.hooks(fwd_hooks=...)`` / ``run_with_hooks``.
+
+        ``mode="keep"`` keeps only the circuit (every other node ablated); ``"ablate"`` ablates
+        only the circuit's nodes. Call :meth:`check_model` first for a circuit from a file.
+        """
+        keep = self.keep_mask(model)
+        if mode == "ablate":
+            keep = {hook: ~mask for hook, mask in keep.items()}
+        elif mode != "keep":
+            raise SparseLensError(f"mode must be 'keep' or 'ablate', got {mode!r}", field="mode")
+        return keep_hooks(model, keep, ablation)
+
+    def node_names(self) -> list[str]:
+        return [n.name for n in self.nodes]
+
+    # ------------------------------------------------------------------ checking
+    def check_model(self, model: nn.Module, source: str | Path | None = None) -> None:
+        """Refuse a circuit that does not belong to ``model`` (SparseLensError naming the field):
+        another model's weights hash, a hook that is not a node site, an index out of range, a
+        wrong node type or name, or edges that disagree with the weights."""
+        if self.weights_hash != weights_hash(model):
+            raise SparseLensError(
+                "the circuit was found on different weights (weights hash mismatch); use the "
+                "model it was pruned on or prune again",
+                path=source,
+                field="weights_hash",
+            )
+        sites = site_by_hook(model.cfg)
+        for i, node in enumerate(self.nodes):
+            site = sites.get(node.hook)
+            if site is None:
+                raise SparseLensError(
+                    f"{node.hook!r} is not a node site of this model",
+                    path=source,
+                    field=f"nodes[{i}].hook",
+                )
+            if not 0 <= node.index < site.width:
+                raise SparseLensError(
+                    f"index {node.index} is out of range for {node.hook} (width {site.width})",
+                    path=source,
+                    field=f"nodes[{i}].index",
+                )
+            if site.type != node.type:
+                raise SparseLensError(
+                    f"{node.hook} holds {site.type} nodes, not {node.type!r}",
+                    path=source,
+                    field=f"nodes[{i}].type",
+                )
+        if circuit_edges(model, [(n.hook, n.index) for n in self.nodes]) != self.edges:
+            raise SparseLensError(
+                "the edges disagree with the model's weights; the file was edited",
+                path=source,
+                field="edges",
+            )
+
+    # ------------------------------------------------------------------ JSON
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in ("nodes", "edges", "io_connections"):
+                value = [dict(vars(item)) for item in value]
+            out[f.name] = value
+        return out
+
+    def to_json_str(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n"
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self.to_json_str())
+        return path
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str | Path | None = None) -> Circuit:
+        """Parse and check the structure of a circuit dict (SparseLensError naming the field)."""
+        if not isinstance(data, dict):
+            raise SparseLensError("a circuit file must hold a JSON object", path=source)
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise SparseLensError(
+                f"unknown key (known: {sorted(known)})", path=source, field=unknown[0]
+            )
+        get = _Reader(data, source)
+        nodes = [
+            CircuitNode(
+                get.text(n, "hook", f"nodes[{i}]"),
+                get.integer(n, "index", f"nodes[{i}]"),
+                get.text(n, "name", f"nodes[{i}]"),
+                get.text(n, "type", f"nodes[{i}]"),
+            )
+            for i, n in enumerate(get.array(data, "nodes"))
+        ]
+        for i, node in enumerate(nodes):
+            if node.name != node_name(node.hook, node.index):
+                raise SparseLensError(
+                    f"name {node.name!r} does not match hook and index ({node_name(node.hook, node.index)!r})",
+                    path=source,
+                    field=f"nodes[{i}].name",
+                )
+        edges = [
+            CircuitEdge(
+                get.text(e, "src", f"edges[{i}]"),
+                get.text(e, "dst", f"edges[{i}]"),
+                get.number(e, "weight", f"edges[{i}]"),
+            )
+            for i, e in enumerate(get.array(data, "edges"))
+        ]
+        io = [
+            IOConnection(
+                get.text(c, "src", f"io_connections[{i}]"),
+                get.text(c, "dst", f"io_connections[{i}]"),
+                get.integer(c, "n_weights", f"io_connections[{i}]"),
+                get.number(c, "norm", f"io_connections[{i}]"),
+            )
+            for i, c in enumerate(get.array(data, "io_connections"))
+        ]
+        circuit = cls(
+            model_id=get.text(data, "model_id"),
+            weights_hash=get.text(data, "weights_hash"),
+            task=get.text(data, "task"),
+            split=get.text(data, "split"),
+            target_loss=get.number(data, "target_loss"),
+            achieved_loss=get.number(data, "achieved_loss"),
+            target_met=get.flag(data, "target_met"),
+            calibrated_loss=get.number(data, "calibrated_loss"),
+            logit_scale=get.number(data, "logit_scale"),
+            logit_shift=get.number(data, "logit_shift"),
+            ablation=get.text(data, "ablation"),
+            seed=get.integer(data, "seed"),
+            n_nodes=get.integer(data, "n_nodes"),
+            n_edges=get.integer(data, "n_edges"),
+            nodes=nodes,
+            edges=edges,
+            io_connections=io,
+            settings=get.mapping(data, "settings", required=False),
+            search=get.array(data, "search", required=False),
+            format_version=get.integer(
+                data, "format_version", required=False, default=FORMAT_VERSION
+            ),
+        )
+        if circuit.format_version != FORMAT_VERSION:
+            raise SparseLensError(
+                f"format {circuit.format_version} is not supported (this version reads {FORMAT_VERSION})",
+                path=source,
+                field="format_version",
+            )
+        if circuit.n_nodes != len(nodes):
+            raise SparseLensError(
+                f"says {circuit.n_nodes} but lists {len(nodes)} nodes", path=source, field="n_nodes"
+            )
+        if circuit.n_edges != len(edges):
+            raise SparseLensError(
+                f"says {circuit.n_edges} but lists {len(edges)} edges", path=source, field="n_edges"
+            )
+        names = set(circuit.node_names())
+        if len(names) != len(nodes):
+            raise SparseLensError("a node is listed twice", path=source, field="nodes")
+        for i, edge in enumerate(edges):
+            for end in ("src", "dst"):
+                if getattr(edge, end) not in names:
+                    raise SparseLensError(
+                        f"{getattr(edge, end)!r} is not a node of the circuit",
+                        path=source,
+                        field=f"edges[{i}].{end}",
+                    )
+        return circuit
+
+    @classmethod
+    def load(cls, path: str | Path, model: nn.Module | None = None) -> Circuit:
+        """Read a circuit file; with ``model``, also check it belongs to that model."""
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise SparseLensError("no such circuit file", path=path) from None
+        except (OSError, UnicodeDecodeError) as error:
+            raise SparseLensError(f"cannot read the circuit file ({error})", path=path) from None
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise SparseLensError(f"not valid JSON ({error})", path=path) from None
+        circuit = cls.from_dict(data, source=path)
+        if model is not None:
+            circuit.check_model(model, source=path)
+        return circuit
+
+
+# --------------------------------------------------------------------------------------------
+# Nodes and edges from the weights
+
+
+def sorted_nodes(model: nn.Module, nodes: Iterable[tuple[str, int]]) -> list[CircuitNode]:
+    """Nodes in forward (site) order, then by index; checked against the model; no duplicates."""
+    order = {site.hook: i for i, site in enumerate(node_sites(model.cfg))}
+    unique = sorted({(h, int(i)) for h, i in nodes}, key=lambda n: (order.get(n[0], -1), n[1]))
+    out = []
+    for hook, index in unique:
+        site = check_node(model.cfg, hook, index)
+        out.append(CircuitNode(hook, index, node_name(hook, index), site.type))
+    return out
+
+
+def circuit_edges(model: nn.Module, nodes: Iterable[tuple[str, int]]) -> list[CircuitEdge]:
+    """Every nonzero weight joining two of ``nodes`` inside one sublayer (module docstring)."""
+    kept: dict[str, list[int]] = {}
+    for hook, index in nodes:
+        kept.setdefault(hook, []).append(int(index))
+    edges: list[CircuitEdge] = []
+
+    def connect(src_hook: str, dst_hook: str, matrix: Tensor) -> None:
+        src, dst = sorted(set(kept.get(src_hook, []))), sorted(set(kept.get(dst_hook, [])))
+        if not src or not dst:
+            return
+        sub = matrix.detach()[src][:, dst].cpu()
+        for i, j in sub.nonzero().tolist():
+            edges.append(
+                CircuitEdge(
+                    node_name(src_hook, src[i]), node_name(dst_hook, dst[j]), float(sub[i, j])
+                )
+            )
+
+    cfg = model.cfg
+    for layer, block in enumerate(model.blocks):
+        b = f"blocks.{layer}."
+        attn, mlp = block.attn, block.mlp
+        for kind, weight in (("q", attn.W_Q), ("k", attn.W_K), ("v", attn.W_V)):
+            # [head, d_in, d_head] -> [d_in, head * d_head]: column head*d_head + c, as the flat index
+            connect(
+                b + "attn.hook_read",
+                b + f"attn.hook_{kind}",
+                weight.permute(1, 0, 2).reshape(cfg.d_in, -1),
+            )
+        connect(b + "attn.hook_v", b + "hook_attn_out", attn.W_O.reshape(-1, cfg.d_model))
+        connect(b + "mlp.hook_read", b + "mlp.hook_post", mlp.W_in)
+        connect(b + "mlp.hook_post", b + "hook_mlp_out", mlp.W_out)
+    return edges
+
+
+def io_connections(model: nn.Module, nodes: list[CircuitNode]) -> list[IOConnection]:
+    """Embedding -> read channels and write channels -> unembedding of the kept nodes."""
+    cfg = model.cfg
+    out = []
+    for node in nodes:
+        if node.type in ("attn_read", "mlp_read"):
+            if node.index < cfg.d_model:
+                sources = [("embed.W_E", model.W_E[:, node.index])]
+                if cfg.positional_embedding_type == "standard":
+                    sources.append(("pos_embed.W_pos", model.W_pos[:, node.index]))
+            else:  # a concatenated position channel
+                sources = [("pos_embed.W_pos", model.W_pos[:, node.index - cfg.d_model])]
+            for name, column in sources:
+                out.append(
+                    IOConnection(name, node.name, int(column.count_nonzero()), _norm(column))
+                )
+        elif node.type in ("attn_write", "mlp_write"):
+            row = model.W_U[node.index]
+            out.append(IOConnection(node.name, "unembed.W_U", int(row.count_nonzero()), _norm(row)))
+    return out
+
+
+def _norm(t: Tensor) -> float:
+    return float(t.detach().float().norm())
+
+
+def _jsonable(value: Any) -> Any:
+    """The value as JSON would give it back (tuples -> lists), so round trips compare equal."""
+    return json.loads(json.dumps(value, allow_nan=False))
+
+
+class _Reader:
+    """Typed field access for :meth:`Circuit.from_dict`; errors name the field."""
+
+    _MISSING = object()
+
+    def __init__(self, data: dict, source: str | Path | None):
+        self.source = source
+
+    def _get(self, obj: Any, key: str, where: str, required: bool, default: Any) -> Any:
+        name = f"{where}.{key}" if where else key
+        if not isinstance(obj, dict):
+            raise SparseLensError("must be a JSON object", path=self.source, field=where or key)
+        if key not in obj:
+            if required:
+                raise SparseLensError("missing key", path=self.source, field=name)
+            return default
+        return obj[key]
+
+    def _fail(self, key: str, where: str, want: str, value: Any) -> SparseLensError:
+        name = f"{where}.{key}" if where else key
+        return SparseLensError(
+            f"expected {want}, got {type(value).__name__} {value!r}"[:200],
+            path=self.source,
+            field=name,
+        )
+
+    def text(self, obj: Any, key: str, where: str = "") -> str:
+        value = self._get(obj, key, where, True, None)
+        if not isinstance(value, str):
+            raise self._fail(key, where, "a string", value)
+        return value
+
+    def integer(
+        self, obj: Any, key: str, where: str = "", required: bool = True, default: Any = None
+    ) -> int:
+        value = self._get(obj, key, where, required, default)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self._fail(key, where, "an integer", value)
+        return value
+
+    def number(self, obj: Any, key: str, where: str = "") -> float:
+        value = self._get(obj, key, where, True, None)
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not math.isfinite(value)
+        ):
+            raise self._fail(key, where, "a finite number", value)
+        return float(value)
+
+    def flag(self, obj: Any, key: str, where: str = "") -> bool:
+        value = self._get(obj, key, where, True, None)
+        if not isinstance(value, bool):
+            raise self._fail(key, where, "true or false", value)
+        return value
+
+    def array(self, obj: Any, key: str, where: str = "", required: bool = True) -> list:
+        value = self._get(obj, key, where, required, [])
+        if not isinstance(value, list):
+            raise self._fail(key, where, "a list", value)
+        return value
+
+    def mapping(self, obj: Any, key: str, where: str = "", required: bool = True) -> dict:
+        value = self._get(obj, key, where, required, {})
+        if not isinstance(value, dict):
+            raise self._fail(key, where, "an object", value)
+        return value

@@ -1,0 +1,483 @@
+"""Find a task's minimal circuit: learn node masks, then discretise, bisect and calibrate.
+
+1. **Optimise** (:func:`optimise_masks`). Every node has a mask ``tau`` (:mod:`.masks`); the
+   loss is the task's binary CE plus ``k_coef * (number of open nodes)`` (the sum of the binary
+   gates, whose surrogate gradient makes the count differentiable). AdamW (betas (0.9, 0.95)),
+   gradient clipping, 5 % linear warmup then linear decay to 0, tau clamped to [-1, 1] after
+   every step. Model weights are frozen.
+2. **Discretise** (:func:`discretise`). Rank nodes by tau and bisect the number kept, k, for the
+   smallest circuit whose loss on the held-out (validation) pairs meets the target. Bisection
+   assumes loss falls as k grows, which holds closely along a learned ranking; the upper end is
+   the learned mask's own open set if it meets the target, else every node.
+3. **Calibrate** (:func:`~sparse_lens.circuits.evaluate.calibrate`): a scalar scale and shift of
+   the logit difference, 16 LBFGS steps; the loss is reported with and without it.
+
+The search. The paper tunes hyperparameters with CARBS (hundreds of runs); a CPU gets a few.
+:attr:`PruneConfig.search` lists (k_coef multiplier, lr multiplier) runs executed in order, each
+warm-started from the previous run's taus, so an increasing k_coef keeps shrinking a circuit
+that already works instead of starting over. Every run is discretised, and the smallest circuit
+meeting the target wins. If even the full model misses the target there is no circuit: the
+result says so (``target_met=False``) with the best loss seen.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+from jaxtyping import Bool, Float
+from torch import Tensor, nn
+
+from sparse_lens.circuits.ablation import MeanCache, make_ablation
+from sparse_lens.circuits.circuit import Circuit
+from sparse_lens.circuits.evaluate import (
+    binary_loss,
+    calibrate,
+    chunked_answer_logits,
+    hooked_answer_logits,
+    take_rows,
+)
+from sparse_lens.circuits.masks import NodeMasks, keep_hooks
+from sparse_lens.circuits.registry import ablation_names
+from sparse_lens.errors import SparseLensError
+from sparse_lens.nodes import node_sites
+from sparse_lens.tasks.batch import TaskBatch
+
+DEFAULT_SEARCH = ((1.0, 10.0), (10.0, 10.0), (100.0, 10.0))
+
+
+@dataclass
+class PruneConfig:
+    """Pruning hyperparameters. Defaults are the paper's centres (REFERENCE section 4) except
+    ``steps`` and ``search``, which fit a CPU budget (one task in about two minutes on two cores
+    for the shipped model). Losses are the tasks package's (mean binary CE per prompt)."""
+
+    target_loss: float = 0.15
+    ablation: str = "mean"
+    seed: int = 0
+    steps: int = 60
+    """Optimiser steps per search run."""
+    batch_pairs: int = 64
+    """Contrast pairs per step (64 pairs = 128 prompts, as in the paper)."""
+    n_train_pairs: int = 256
+    n_val_pairs: int = 64
+    """Held-out (validation split) pairs the bisection and calibration use."""
+    k_coef: float = 1e-4
+    lr: float = 3e-3
+    init_noise_bias: float = 0.1
+    init_noise_scale: float = 1e-2
+    weight_decay: float = 1e-3
+    beta1: float = 0.9
+    beta2: float = 0.95
+    warmup_frac: float = 0.05
+    heaviside_temp: float = 1.0
+    grad_clip: float = 1.0
+    search: tuple[tuple[float, float], ...] = DEFAULT_SEARCH
+    """Runs as (k_coef multiplier, lr multiplier), each warm-started from the previous one."""
+    calibration_steps: int = 16
+    chunk_size: int = 32
+    """Prompts per forward chunk (length-sorted, to skip padding; the loss is the same)."""
+
+    def __post_init__(self) -> None:
+        self.search = tuple(tuple(float(x) for x in run) for run in self.search)
+        if self.ablation not in ablation_names():
+            raise SparseLensError(
+                f"must be one of {ablation_names()}, got {self.ablation!r}", field="ablation"
+            )
+        for name in ("steps", "batch_pairs", "n_train_pairs", "n_val_pairs", "chunk_size"):
+            if getattr(self, name) < 1:
+                raise SparseLensError(f"must be >= 1, got {getattr(self, name)}", field=name)
+        for name in ("lr", "heaviside_temp", "grad_clip", "target_loss"):
+            if not getattr(self, name) > 0:
+                raise SparseLensError(f"must be positive, got {getattr(self, name)}", field=name)
+        for name in ("k_coef", "init_noise_scale", "weight_decay", "calibration_steps"):
+            if getattr(self, name) < 0:
+                raise SparseLensError(f"must be >= 0, got {getattr(self, name)}", field=name)
+        for name in ("beta1", "beta2", "warmup_frac"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise SparseLensError(f"must be in [0, 1), got {getattr(self, name)}", field=name)
+        if not self.search or any(len(r) != 2 or min(r) <= 0 for r in self.search):
+            raise SparseLensError(
+                "must be a non-empty list of positive (k_coef, lr) multipliers", field="search"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["search"] = [list(run) for run in self.search]
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str | None = None) -> PruneConfig:
+        """Build from a mapping (e.g. a circuit's ``settings``), refusing unknown keys."""
+        hints = {f.name: f.type for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(hints))
+        if unknown:
+            raise SparseLensError(
+                f"unknown pruning setting (known: {sorted(hints)})", path=source, field=unknown[0]
+            )
+        values = dict(data)
+        for name, value in data.items():
+            if name == "search":
+                try:
+                    values[name] = tuple(tuple(float(x) for x in run) for run in value)
+                except (TypeError, ValueError):
+                    raise SparseLensError(
+                        "must be a list of [k_coef, lr] pairs", path=source, field=name
+                    ) from None
+            elif hints[name] == "float" and isinstance(value, int) and not isinstance(value, bool):
+                values[name] = float(value)
+        try:
+            return cls(**values)
+        except TypeError as error:
+            raise SparseLensError(str(error), path=source, field="settings") from None
+
+
+@dataclass
+class Discretised:
+    """The outcome of :func:`discretise`: the kept nodes (a flat keep vector) and their loss."""
+
+    keep: Bool[Tensor, " n_nodes"]
+    n_nodes: int
+    loss: float
+    target_met: bool
+    n_evaluations: int
+
+
+@dataclass
+class PruneResult:
+    """What :func:`prune` found. ``circuit`` is None when no node set met the target."""
+
+    circuit: Circuit | None
+    target_met: bool
+    best_loss: float
+    full_loss: float
+    runs: list[dict[str, Any]]
+    tau: Float[Tensor, " n_nodes"] = field(repr=False)
+    timings: dict[str, float] = field(default_factory=dict)
+    """Seconds spent optimising / discretising / calibrating (kept out of the circuit, so the
+    same seed gives an identical circuit file)."""
+
+
+# --------------------------------------------------------------------------------------------
+# Batches
+
+
+def sample_pairs(batch: TaskBatch, n_pairs: int, generator: torch.Generator) -> TaskBatch:
+    """``n_pairs`` random whole pairs (both prompts) of ``batch``, without replacement."""
+    pairs = torch.unique(batch.pair_index)
+    if n_pairs >= len(pairs):
+        return batch
+    chosen = pairs[torch.randperm(len(pairs), generator=generator)[:n_pairs]]
+    rows = torch.isin(batch.pair_index, chosen).nonzero().squeeze(-1)
+    return take_rows(batch, rows)
+
+
+def shuffle_pair_labels(batch: TaskBatch, seed: int = 0) -> TaskBatch:
+    """A task with no signal: each pair's labels swapped (A <-> B) with probability 1/2.
+
+    Every pair still has one A and one B prompt, so a constant guess stays at ln 2; only
+    memorising which pairs were swapped can do better.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    n = int(batch.pair_index.max()) + 1
+    swap = torch.rand(n, generator=generator) < 0.5
+    flip = swap[batch.pair_index]
+    return replace(batch, label=torch.where(flip, 1 - batch.label, batch.label))
+
+
+# --------------------------------------------------------------------------------------------
+# Steps 1-3
+
+
+@contextlib.contextmanager
+def frozen(model: nn.Module) -> Iterator[None]:
+    """Model weights need no gradient while masks train (saves a third of the backward)."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    was_training = model.training
+    model.eval()
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        model.train(was_training)
+
+
+def _lr_factor(step: int, steps: int, warmup_frac: float) -> float:
+    warmup = max(1, math.ceil(warmup_frac * steps))
+    if step < warmup:
+        return (step + 1) / warmup
+    return max(0.0, (steps - step) / max(1, steps - warmup))
+
+
+def optimise_masks(
+    model: nn.Module,
+    masks: NodeMasks,
+    train: TaskBatch,
+    ablation,
+    config: PruneConfig,
+    *,
+    k_coef: float,
+    lr: float,
+    generator: torch.Generator,
+    progress: bool = True,
+    desc: str = "prune",
+) -> dict[str, float]:
+    """Train ``masks`` for ``config.steps`` steps on random pair batches of ``train``."""
+    from tqdm.auto import tqdm
+
+    optimizer = torch.optim.AdamW(
+        [masks.tau], lr=lr, betas=(config.beta1, config.beta2), weight_decay=config.weight_decay
+    )
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: _lr_factor(s, config.steps, config.warmup_frac)
+    )
+    task = torch.tensor(float("nan"))
+    bar = tqdm(range(config.steps), desc=desc, disable=not progress, leave=False)
+    with model.hooks(fwd_hooks=masks.hooks(ablation)):
+        for _ in bar:
+            batch = sample_pairs(train, config.batch_pairs, generator)
+            gates = masks.refresh()
+            task = binary_loss(
+                chunked_answer_logits(model, batch, config.chunk_size), batch.label
+            ).mean()
+            loss = task + k_coef * gates.sum()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_([masks.tau], config.grad_clip)
+            optimizer.step()
+            schedule.step()
+            masks.clamp_()
+            bar.set_postfix(
+                loss=f"{loss.item():.4f}", task=f"{task.item():.4f}", open=masks.n_open()
+            )
+    bar.close()
+    masks._gates = None
+    return {"final_task_loss": task.item(), "open_after_training": masks.n_open()}
+
+
+@torch.no_grad()
+def discretise(
+    model: nn.Module, masks: NodeMasks, val: TaskBatch, ablation, target_loss: float
+) -> Discretised:
+    """Rank nodes by tau and bisect the number kept for the smallest circuit meeting the target."""
+    tau = masks.tau.detach()
+    order = torch.sort(-tau, stable=True).indices
+    losses: dict[int, float] = {}
+
+    def keep_of(k: int) -> Tensor:
+        keep = torch.zeros(masks.n_nodes, dtype=torch.bool)
+        keep[order[:k]] = True
+        return keep
+
+    def loss_at(k: int) -> float:
+        if k not in losses:
+            hooks = keep_hooks(model, masks.keep_dict(keep_of(k)), ablation)
+            logits = hooked_answer_logits(model, val, hooks)
+            losses[k] = float(binary_loss(logits, val.label).mean())
+        return losses[k]
+
+    n_open = masks.n_open()
+    hi = next((k for k in (n_open, masks.n_nodes) if loss_at(k) <= target_loss), None)
+    if hi is None:
+        best_k = min(losses, key=lambda k: (losses[k], k))
+        return Discretised(keep_of(best_k), best_k, losses[best_k], False, len(losses))
+    lo = -1  # loss_at(lo) > target, by convention for lo = -1
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if loss_at(mid) <= target_loss:
+            hi = mid
+        else:
+            lo = mid
+    return Discretised(keep_of(hi), hi, losses[hi], True, len(losses))
+
+
+# --------------------------------------------------------------------------------------------
+# The whole search
+
+
+def prune(
+    model: nn.Module,
+    train: TaskBatch,
+    val: TaskBatch,
+    *,
+    config: PruneConfig | None = None,
+    cache: MeanCache | None = None,
+    task: str | None = None,
+    split: str = "validation",
+    model_id: str = "",
+    progress: bool = True,
+) -> PruneResult:
+    """Prune ``model`` on ``train`` pairs to the smallest circuit meeting the target on ``val``.
+
+    ``cache`` supplies mean / resample values (not needed for zero ablation). Returns a
+    :class:`PruneResult`; its circuit's ``achieved_loss`` is measured on ``val`` (``split``).
+    """
+    config = config or PruneConfig()
+    if cache is not None:
+        cache.check_model(model)
+    ablation = make_ablation(config.ablation, cache, seed=config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    masks = NodeMasks(
+        node_sites(model.cfg),
+        config.init_noise_bias,
+        config.init_noise_scale,
+        generator=generator,
+        temperature=config.heaviside_temp,
+    )
+    runs: list[dict[str, Any]] = []
+    timings = {"optimise": 0.0, "discretise": 0.0, "optimiser_steps": 0.0}
+    best: tuple[Discretised, Tensor] | None = None
+    closest: tuple[Discretised, Tensor] | None = None
+    with frozen(model):
+        full_loss = float(binary_loss(hooked_answer_logits(model, val), val.label).mean())
+        for i, (k_mult, lr_mult) in enumerate(config.search):
+            k_coef, lr = config.k_coef * k_mult, config.lr * lr_mult
+            start = time.perf_counter()
+            stats = optimise_masks(
+                model,
+                masks,
+                train,
+                ablation,
+                config,
+                k_coef=k_coef,
+                lr=lr,
+                generator=generator,
+                progress=progress,
+                desc=f"prune {i + 1}/{len(config.search)} k_coef={k_coef:.0e} lr={lr:.0e}",
+            )
+            timings["optimise"] += time.perf_counter() - start
+            timings["optimiser_steps"] += config.steps
+            start = time.perf_counter()
+            found = discretise(model, masks, val, ablation, config.target_loss)
+            timings["discretise"] += time.perf_counter() - start
+            runs.append(
+                {
+                    "k_coef": k_coef,
+                    "lr": lr,
+                    "steps": config.steps,
+                    **stats,
+                    "n_nodes": found.n_nodes,
+                    "loss": found.loss,
+                    "target_met": found.target_met,
+                }
+            )
+            if progress:
+                met = "meets" if found.target_met else "misses"
+                print(
+                    f"  run {i + 1}: {stats['open_after_training']} open after training, "
+                    f"{found.n_nodes} nodes at loss {found.loss:.4f} ({met} target {config.target_loss})"
+                )
+            snapshot = (found, masks.tau.detach().clone())
+            if found.target_met and (
+                best is None or (found.n_nodes, found.loss) < (best[0].n_nodes, best[0].loss)
+            ):
+                best = snapshot
+            if closest is None or found.loss < closest[0].loss:
+                closest = snapshot
+        if best is None:
+            return PruneResult(
+                None, False, min(closest[0].loss, full_loss), full_loss, runs, closest[1], timings
+            )
+        found, tau = best
+        keep = masks.keep_dict(found.keep)
+        logits = hooked_answer_logits(model, val, keep_hooks(model, keep, ablation))
+        scale, shift, calibrated = calibrate(logits, val.label, config.calibration_steps)
+    nodes = [
+        (hook, int(i)) for hook, mask in keep.items() for i in mask.nonzero().squeeze(-1).tolist()
+    ]
+    circuit = Circuit.build(
+        model,
+        nodes,
+        task=task or train.task,
+        split=split,
+        target_loss=config.target_loss,
+        achieved_loss=found.loss,
+        calibrated_loss=calibrated,
+        logit_scale=scale,
+        logit_shift=shift,
+        ablation=config.ablation,
+        seed=config.seed,
+        model_id=model_id,
+        settings=config.to_dict(),
+        search=runs,
+    )
+    return PruneResult(circuit, True, found.loss, full_loss, runs, tau, timings)
+
+
+def task_pairs(
+    model: nn.Module,
+    task,
+    n_pairs: int,
+    *,
+    seed: int,
+    split: str,
+    tasks_dir: str | None = None,
+    tokenizer=None,
+) -> TaskBatch:
+    """``n_pairs`` pairs of a named (or loaded) task from ``split``, tokenised for ``model``."""
+    from sparse_lens.tasks import generate_pairs, get_task, make_batch
+
+    spec = get_task(task, tasks_dir=tasks_dir) if isinstance(task, str) else task
+    tok = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
+    if tok is None:
+        raise SparseLensError(
+            "the model has no tokenizer, so task prompts cannot be built", field="tokenizer"
+        )
+    batch = make_batch(
+        generate_pairs(spec, n_pairs, seed=seed, split=split, tokenizer=tok), n_ctx=model.cfg.n_ctx
+    )
+    model.check_tokens(batch.tokens)
+    model.check_tokens(batch.answer_ids)
+    return batch
+
+
+def task_batches(
+    model: nn.Module,
+    task,
+    config: PruneConfig,
+    *,
+    tasks_dir: str | None = None,
+    tokenizer=None,
+    split: str = "validation",
+) -> tuple[TaskBatch, TaskBatch]:
+    """Train-split pairs (to learn masks) and ``split`` pairs (to bisect and calibrate)."""
+    kw = dict(seed=config.seed, tasks_dir=tasks_dir, tokenizer=tokenizer)
+    return (
+        task_pairs(model, task, config.n_train_pairs, split="train", **kw),
+        task_pairs(model, task, config.n_val_pairs, split=split, **kw),
+    )
+
+
+def prune_task(
+    model: nn.Module,
+    task,
+    *,
+    config: PruneConfig | None = None,
+    cache: MeanCache | None = None,
+    tasks_dir: str | None = None,
+    tokenizer=None,
+    model_id: str = "",
+    progress: bool = True,
+) -> PruneResult:
+    """:func:`prune` on a task from the tasks package (train split to learn, validation to bisect)."""
+    config = config or PruneConfig()
+    train, val = task_batches(model, task, config, tasks_dir=tasks_dir, tokenizer=tokenizer)
+    return prune(
+        model,
+        train,
+        val,
+        config=config,
+        cache=cache,
+        task=train.task,
+        model_id=model_id,
+        progress=progress,
+    )

@@ -332,7 +332,7 @@ class SparseTransformer(HookedRootModule):
     # ------------------------------------------------------------------ TL analysis surface
     def accumulated_bias(
         self, layer: int, mlp_input: bool = False, include_mlp_biases: bool = True
-    ) -> Float[Tensor, "d_model"]:
+    ) -> Float[Tensor, " d_model"]:
         """Sum of the attention and MLP output biases written before ``layer`` (TL semantics)."""
         total = torch.zeros(self.cfg.d_model, device=self.W_E.device)
         for i in range(layer):

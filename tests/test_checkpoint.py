@@ -33,6 +33,23 @@ def test_round_trip_gives_identical_logits(tmp_path, overrides):
         assert torch.equal(loaded.state_dict()[name], tensor), name
 
 
+def test_narrow_storage_dtype_round_trips_to_the_rounded_table(tmp_path):
+    model = tiny_model(density=0.1, bigram_table="learnable")
+    with torch.no_grad():
+        model.bigram.W_bigram.normal_()
+    model.save_pretrained(tmp_path / "ckpt", storage_dtypes={"bigram.W_bigram": torch.float16})
+    loaded = SparseTransformer.from_pretrained(tmp_path / "ckpt")
+    table = loaded.bigram.W_bigram
+    assert table.dtype == torch.float32
+    assert torch.equal(table, model.bigram.W_bigram.half().float())
+    assert not torch.equal(table, model.bigram.W_bigram)  # it really was stored narrower
+    for name, tensor in model.state_dict().items():
+        if name != "bigram.W_bigram":
+            assert torch.equal(loaded.state_dict()[name], tensor), name
+    with pytest.raises(KeyError, match="no_such"):
+        model.save_pretrained(tmp_path / "bad", storage_dtypes={"no_such": torch.float16})
+
+
 def test_config_json_round_trip_is_exact(tmp_path):
     cfg = SparseConfig(
         n_layers=3, d_model=48, n_heads=3, afrac=0.125, afrac_locations=("attn_v", "mlp_in"),

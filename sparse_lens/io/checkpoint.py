@@ -31,12 +31,24 @@ OWNED_FILES = (CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE)
 _SPARSE_FORMAT_MAX_DENSITY = 0.5  # indices + values beat dense storage below half density
 
 
-def encode_tensors(tensors: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, str]]:
-    """Split a state dict into safetensors entries, storing sparse tensors as indices + values."""
+def encode_tensors(
+    tensors: dict[str, Tensor], storage_dtypes: dict[str, torch.dtype] | None = None
+) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """Split a state dict into safetensors entries, storing sparse tensors as indices + values.
+
+    ``storage_dtypes`` stores the named tensors in another dtype (loading casts them back to the
+    model's dtype), e.g. the dense bigram table in float16 for the models shipped in the package.
+    """
     out: dict[str, Tensor] = {}
     sparse_shapes: dict[str, list[int]] = {}
+    storage_dtypes = storage_dtypes or {}
+    unknown = sorted(set(storage_dtypes) - set(tensors))
+    if unknown:
+        raise KeyError(f"storage_dtypes names tensors the model does not have: {unknown}")
     for name, tensor in tensors.items():
         tensor = tensor.detach().cpu().contiguous()
+        if name in storage_dtypes:
+            tensor = tensor.to(storage_dtypes[name])
         nonzero = int(torch.count_nonzero(tensor))
         if tensor.numel() > 0 and nonzero < _SPARSE_FORMAT_MAX_DENSITY * tensor.numel():
             flat = tensor.flatten()
@@ -75,14 +87,19 @@ def decode_tensors(path: Path) -> dict[str, Tensor]:
     return tensors
 
 
-def save_pretrained(model, directory: str | Path) -> Path:
-    """Atomically write ``model`` (a SparseTransformer) into ``directory``."""
+def save_pretrained(
+    model, directory: str | Path, storage_dtypes: dict[str, torch.dtype] | None = None
+) -> Path:
+    """Atomically write ``model`` (a SparseTransformer) into ``directory``.
+
+    ``storage_dtypes``: optional ``{tensor name: dtype}`` to store some tensors narrower.
+    """
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.saving-", dir=directory.parent))
     try:
         model.cfg.to_json(staging / CONFIG_FILE)
-        tensors, metadata = encode_tensors(model.state_dict())
+        tensors, metadata = encode_tensors(model.state_dict(), storage_dtypes)
         save_file(tensors, str(staging / WEIGHTS_FILE), metadata=metadata)
         if model.tokenizer is not None:
             model.tokenizer.save(str(staging / TOKENIZER_FILE))

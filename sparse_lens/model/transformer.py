@@ -385,12 +385,16 @@ class SparseTransformer(HookedRootModule):
         return FactoredMatrix(self.W_V, self.W_O)
 
     # ------------------------------------------------------------------ persistence
-    def save_pretrained(self, directory: str | Path) -> Path:
+    def save_pretrained(
+        self, directory: str | Path, storage_dtypes: dict[str, torch.dtype] | None = None
+    ) -> Path:
         """Write config.json, model.safetensors (sparse tensors as indices + values) and
-        tokenizer.json into ``directory``, atomically (see :mod:`sparse_lens.io.checkpoint`)."""
+        tokenizer.json into ``directory``, atomically (see :mod:`sparse_lens.io.checkpoint`).
+        ``storage_dtypes`` stores the named tensors narrower (e.g. ``{"bigram.W_bigram":
+        torch.float16}``); loading casts them back."""
         from sparse_lens.io.checkpoint import save_pretrained
 
-        return save_pretrained(self, directory)
+        return save_pretrained(self, directory, storage_dtypes)
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path, device: str | None = None) -> SparseTransformer:

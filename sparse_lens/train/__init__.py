@@ -9,6 +9,7 @@ Public API (imported lazily, so ``sparse-lens --help`` and config parsing stay c
 - :func:`build_optimizer`, :func:`normalize_grad_rms_` (``sparse_lens.train.optim``)
 - :class:`Trainer`, :class:`Callback`, :class:`TrainResult`, :class:`TrainingDiverged`
   (``sparse_lens.train.trainer``), :func:`train_from_config` (``sparse_lens.train.runner``)
+- :func:`heldout_loss` (any model on the trainer's held-out windows, ``sparse_lens.train.heldout``)
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ _EXPORTS = {
     "TrainData": "data",
     "load_train_data": "data",
     "train_from_config": "runner",
+    "heldout_loss": "heldout",
+    "HeldoutLoss": "heldout",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -52,13 +52,13 @@ def run_report(args: argparse.Namespace) -> int:
     if args.examples < 1 or args.heldout_windows < 0 or args.top_k < 1:
         args._parser.error("--examples and --top-k must be >= 1, --heldout-windows >= 0")
 
-    from pathlib import Path
 
+    from sparse_lens.io.checkpoint import model_directory
     from sparse_lens.model import SparseTransformer
     from sparse_lens.viz import write_report
 
     model = SparseTransformer.from_pretrained(args.model).eval()
-    model_dir = Path(args.model) if Path(args.model).is_dir() else None
+    model_dir = model_directory(args.model)  # shipped names too: reuse the shipped mean cache
     circuit = _load_circuit(args.circuit, model) if args.circuit else _prune(model, model_dir, args)
 
     heldout = None

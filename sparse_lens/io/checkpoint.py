@@ -145,7 +145,7 @@ def load_pretrained(name_or_path: str | Path, device: str | None = None):
 
     from sparse_lens.model.transformer import SparseTransformer
 
-    directory = _locate(name_or_path)
+    directory = model_directory(name_or_path)
     cfg = SparseConfig.from_json(directory / CONFIG_FILE)
     if device is not None:
         cfg.device = device
@@ -192,7 +192,8 @@ def load_state(model, tensors: dict[str, Tensor], source: str | Path) -> None:
     model.load_state_dict(tensors, strict=True)
 
 
-def _locate(name_or_path: str | Path) -> Path:
+def model_directory(name_or_path: str | Path) -> Path:
+    """The checkpoint directory of a path or shipped model name (a clear error if neither)."""
     path = resolve_checkpoint_dir(Path(name_or_path))
     if path.exists() or any(sep in str(name_or_path) for sep in ("/", os.sep)):
         if not path.exists():

@@ -424,6 +424,11 @@ def test_same_seed_gives_the_same_circuit(model, cache, data):
     assert runs[0].circuit == runs[1].circuit
     assert runs[0].circuit.to_json_str() == runs[1].circuit.to_json_str()
     assert torch.equal(runs[0].tau, runs[1].tau)
+    with torch.no_grad():  # as in an analysis notebook: pruning switches gradients back on
+        inside = prune(
+            model, data["train"], data["val"], config=FAST_CONFIG, cache=cache, progress=False
+        )
+    assert inside.circuit == runs[0].circuit
 
 
 def test_unreachable_target_is_reported_honestly(model, cache, data):

@@ -231,7 +231,38 @@ def optimise_masks(
     progress: bool = True,
     desc: str = "prune",
 ) -> dict[str, float]:
-    """Train ``masks`` for ``config.steps`` steps on random pair batches of ``train``."""
+    """Train ``masks`` for ``config.steps`` steps on random pair batches of ``train``.
+
+    Gradients are switched on here, so a caller inside ``torch.no_grad()`` (or after
+    ``torch.set_grad_enabled(False)``, common in analysis notebooks) can still prune."""
+    with torch.enable_grad():
+        return _optimise_masks(
+            model,
+            masks,
+            train,
+            ablation,
+            config,
+            k_coef=k_coef,
+            lr=lr,
+            generator=generator,
+            progress=progress,
+            desc=desc,
+        )
+
+
+def _optimise_masks(
+    model: nn.Module,
+    masks: NodeMasks,
+    train: TaskBatch,
+    ablation,
+    config: PruneConfig,
+    *,
+    k_coef: float,
+    lr: float,
+    generator: torch.Generator,
+    progress: bool,
+    desc: str,
+) -> dict[str, float]:
     from tqdm.auto import tqdm
 
     optimizer = torch.optim.AdamW(

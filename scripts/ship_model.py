@@ -4,7 +4,8 @@
 
 Writes sparse_lens/pretrained/<name>/: config.json, model.safetensors (sparse tensors as
 indices + values; the dense bigram table stored in float16 to keep the package small),
-tokenizer.json, training.json, metrics.jsonl and the mean cache pruning uses. training.json
+tokenizer.json, training.json and metrics.jsonl. (The mean cache is not shipped: with its
+resample bank it is ~12 MB, and it is rebuilt in seconds into the user cache.) training.json
 gains ``shipped_heldout_loss``: the held-out loss of the model as shipped (after the float16
 table), measured on the trainer's own held-out windows; tests recompute it.
 """
@@ -19,7 +20,6 @@ from pathlib import Path
 import torch
 
 from sparse_lens import SparseTransformer
-from sparse_lens.circuits import mean_cache_for
 from sparse_lens.pretrained import PRETRAINED_DIR
 from sparse_lens.train import heldout_loss
 
@@ -56,7 +56,6 @@ def main() -> None:
         k: str(v).removeprefix("torch.") for k, v in storage.items()
     }
     (target / "training.json").write_text(json.dumps(training, indent=2) + "\n")
-    mean_cache_for(shipped, target)
     size = sum(f.stat().st_size for f in target.rglob("*") if f.is_file())
     print(
         f"{args.name}: held-out loss {training['final_heldout_loss']:.4f} trained, "

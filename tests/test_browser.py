@@ -223,3 +223,43 @@ def test_probe_catches_errors_and_requests(report, tmp_path, name, inject, expec
     )
     errors = _errors(_probe(broken, tmp_path, name))
     assert any(expected in e for e in errors), errors
+
+
+@pytest.mark.slow
+def test_shipped_quote_circuit_report_renders(tmp_path):
+    """The report of the shipped stdlib-sparse quote circuit, as `sparse-lens report` writes it."""
+    from sparse_lens.cli import main
+    from sparse_lens.pretrained import PRETRAINED_DIR
+
+    circuits = PRETRAINED_DIR / "stdlib-sparse" / "circuits"
+    page = tmp_path / "quote-report.html"
+    code = main(
+        [
+            "report",
+            "stdlib-sparse",
+            "--task",
+            "single_double_quote",
+            "--circuit",
+            str(circuits / "single_double_quote.json"),
+            "--validation",
+            str(circuits / "single_double_quote.validation.json"),
+            "--out",
+            str(page),
+        ]
+    )
+    assert code == 0
+    circuit = json.loads((circuits / "single_double_quote.json").read_text())
+    facts = _probe(page, tmp_path, "shipped")
+    assert _errors(facts) == [] and _resources(facts) == []
+    assert facts.svg_nodes == circuit["n_nodes"] and facts.svg_edges == circuit["n_edges"]
+    assert {"ColoredTokensMulti", "AttentionHeads"} <= {v["component"] for v in facts.visuals}
+    assert all(v["rendered"] for v in facts.visuals)
+    OUTPUT.mkdir(exist_ok=True)
+    shutil.copy(page, OUTPUT / "quote-report.html")
+    result = _chromium(
+        page,
+        tmp_path / "profile-quote",
+        f"--screenshot={OUTPUT / 'quote-report.png'}",
+        "--window-size=1400,2600",
+    )
+    assert result.returncode == 0 and (OUTPUT / "quote-report.png").stat().st_size > 10_000

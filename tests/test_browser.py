@@ -75,6 +75,10 @@ def _browser() -> str | None:
 
 
 BROWSER = _browser()
+# Skipped on a developer machine without Chromium; in CI (.ci/run installs it) a missing
+# browser is a failure, not a silent skip.
+if BROWSER is None and os.environ.get("CI"):
+    raise RuntimeError("CI is set but no Chromium binary was found (.ci/run installs chromium)")
 pytestmark = pytest.mark.skipif(
     BROWSER is None, reason="no Chromium binary found (apt-get install chromium)"
 )

@@ -255,8 +255,6 @@ def test_role_guess_reads_class_means_and_peak_tokens():
 @pytest.mark.slow
 def test_demo_on_the_shipped_model(tmp_path, monkeypatch, capsys):
     circuit_path = PRETRAINED_DIR / "stdlib-sparse" / "circuits" / f"{TASK}.json"
-    if not (PRETRAINED_DIR / "stdlib-sparse" / "config.json").is_file():
-        pytest.skip("sparse_lens/pretrained/stdlib-sparse is not shipped yet")
     monkeypatch.setenv("SPARSE_LENS_CACHE", str(tmp_path / "user-cache"))  # a fresh install
     shipped = json.loads(circuit_path.read_text())
     out = tmp_path / "demo.html"

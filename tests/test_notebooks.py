@@ -8,7 +8,6 @@ the environment, so ``SPARSE_LENS_MODEL=<checkpoint dir>`` runs the notebooks on
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import nbformat
@@ -16,7 +15,6 @@ import pytest
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOKS_DIR.glob("*.ipynb"))
-DEFAULT_MODEL = "stdlib-sparse"
 MODEL_LINE = 'MODEL = os.environ.get("SPARSE_LENS_MODEL", "stdlib-sparse")'
 CELL_TIMEOUT = 600  # seconds per cell; a whole notebook takes a few minutes on two CPU cores
 
@@ -50,29 +48,9 @@ def test_notebook_is_valid_v4_without_outputs(path: Path):
     assert MODEL_LINE in code[0].source, "the first code cell must pick the model from the env"
 
 
-def _model_missing() -> str | None:
-    """Why the notebooks cannot run here, or None if they can."""
-    model = os.environ.get("SPARSE_LENS_MODEL", DEFAULT_MODEL)
-    if Path(model).is_dir():
-        return None
-    from sparse_lens.pretrained import shipped_model_names
-
-    if model in shipped_model_names():
-        return None
-    return (
-        f"the model {model!r} is neither a directory nor a shipped model (the shipped "
-        f"{DEFAULT_MODEL} is not in sparse_lens/pretrained/ yet); set SPARSE_LENS_MODEL to a "
-        "checkpoint directory to run the notebooks"
-    )
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids)
 def test_notebook_runs_top_to_bottom(path: Path, tmp_path: Path):
-    # Skips only while the shipped model is missing (remove once stdlib-sparse ships).
-    reason = _model_missing()
-    if reason is not None:
-        pytest.skip(reason)
     from nbclient import NotebookClient
 
     nb = nbformat.read(path, as_version=4)

@@ -26,7 +26,7 @@ def _load(model: str) -> tuple[dict, dict, dict]:
     natural = {row["task"]: row for row in evaluation.get("natural", [])}
     circuits = {}
     for path in sorted((directory / "circuits").glob("*.json")):
-        if path.name.endswith(".validation.json"):
+        if path.name.endswith((".validation.json", ".missed.json")):
             continue
         circuit = json.loads(path.read_text())
         validation = path.with_name(f"{path.stem}.validation.json")

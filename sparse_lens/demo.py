@@ -164,11 +164,9 @@ def shipped_circuit_paths(model_dir: str | Path, task: str) -> tuple[Path, Path]
 
 def _is_install(directory: Path) -> bool:
     """True for a directory the demo must not write into: the package's own or read-only."""
-    from sparse_lens.pretrained import PRETRAINED_DIR
+    from sparse_lens.pretrained import is_shipped_dir
 
-    resolved = directory.resolve()
-    inside = resolved == PRETRAINED_DIR.resolve() or PRETRAINED_DIR.resolve() in resolved.parents
-    return inside or not os.access(resolved, os.W_OK)
+    return is_shipped_dir(directory) or not os.access(directory.resolve(), os.W_OK)
 
 
 def demo_mean_cache(

@@ -192,6 +192,27 @@ def test_mean_cache_is_saved_reused_and_recomputed_when_weights_change(tmp_path,
         load_mean_cache(tmp_path / "mean_cache.safetensors")
 
 
+def test_mean_cache_of_a_shipped_model_goes_to_the_user_cache(tmp_path, monkeypatch):
+    """A model folder inside the package is read from, never written to (a notebook or a
+    script calling mean_cache_for on a shipped model must not grow the installed package)."""
+    import sparse_lens.pretrained
+
+    package = tmp_path / "pretrained"
+    shipped = package / "some-model"
+    shipped.mkdir(parents=True)
+    monkeypatch.setattr(sparse_lens.pretrained, "PRETRAINED_DIR", package)
+    monkeypatch.setenv("SPARSE_LENS_CACHE", str(tmp_path / "user-cache"))
+    model = planted.SparseTransformer(
+        planted.planted_config(d_model=32, n_heads=2, d_mlp=32), seed=4
+    )
+    tokens = planted.pretraining_tokens(16, seed=1)
+    mean_cache_for(model, shipped, tokens=tokens, n_bank=8, progress=False)
+    assert list(shipped.iterdir()) == []
+    saved = list((tmp_path / "user-cache" / "mean_cache").glob("*.safetensors"))
+    assert len(saved) == 1
+    assert load_mean_cache(saved[0]).weights_hash == weights_hash(model)
+
+
 def test_ablation_modes_replace_closed_nodes(model, cache):
     tokens = planted.pretraining_tokens(4, seed=3)
     everything = {s.hook: torch.zeros(s.width, dtype=torch.bool) for s in node_sites(model.cfg)}

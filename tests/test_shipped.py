@@ -18,7 +18,7 @@ CIRCUITS = sorted(
     (name, path.stem)
     for name in SHIPPED
     for path in (PRETRAINED_DIR / name / "circuits").glob("*.json")
-    if not path.name.endswith(".validation.json")
+    if not path.name.endswith((".validation.json", ".missed.json"))
 )
 
 

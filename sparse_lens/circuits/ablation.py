@@ -287,15 +287,18 @@ def mean_cache_for(
     It is computed from ``tokens`` when given (always: explicit tokens mean "these tokens"),
     else from :func:`pretraining_tokens`; ``recompute`` ignores a saved file. A model directory
     that cannot be written to (a read-only install) keeps its cache under the user cache dir,
-    keyed by the weights hash.
+    keyed by the weights hash; so does a model shipped inside the package, which is read from
+    but never written to.
     """
     from sparse_lens.data import cache_dir
+    from sparse_lens.pretrained import is_shipped_dir
 
     digest = weights_hash(model)
     candidates = []
     if model_dir is not None:
         candidates.append(Path(model_dir) / MEAN_CACHE_FILE)
     candidates.append(cache_dir() / "mean_cache" / f"{digest[:24]}.safetensors")
+    writable = [p for p in candidates if not is_shipped_dir(p.parent)]
     for path in candidates if tokens is None and not recompute else ():
         if path.is_file():
             try:
@@ -308,7 +311,7 @@ def mean_cache_for(
     if tokens is None:
         tokens = pretraining_tokens(model, model_dir, n_tokens, corpus, progress=progress)
     cache = compute_mean_cache(model, tokens, n_bank=n_bank, progress=progress)
-    for path in candidates:
+    for path in writable:
         try:
             save_mean_cache(cache, path)
             break

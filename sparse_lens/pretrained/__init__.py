@@ -22,3 +22,10 @@ def shipped_model_dir(name: str) -> Path:
             path=name,
         )
     return directory
+
+
+def is_shipped_dir(directory: str | Path) -> bool:
+    """True for the package's own model folders (and anything inside them): never written to."""
+    resolved = Path(directory).resolve()
+    root = PRETRAINED_DIR.resolve()
+    return resolved == root or root in resolved.parents

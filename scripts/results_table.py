@@ -26,12 +26,11 @@ def _load(model: str) -> tuple[dict, dict, dict]:
     natural = {row["task"]: row for row in evaluation.get("natural", [])}
     circuits = {}
     for path in sorted((directory / "circuits").glob("*.json")):
-        if path.name.endswith((".validation.json", ".missed.json")):
+        if path.name.endswith(".validation.json"):
             continue
-        circuit = json.loads(path.read_text())
-        validation = path.with_name(f"{path.stem}.validation.json")
-        circuit["validation"] = json.loads(validation.read_text()) if validation.is_file() else None
-        circuits[circuit["task"]] = circuit
+        record = json.loads(path.read_text())
+        record["missed"] = path.name.endswith(".missed.json")
+        circuits[record["task"]] = record
     return tasks, natural, circuits
 
 
@@ -49,7 +48,9 @@ def _full(row: dict, target: float) -> str:
 
 def _circuit(circuit: dict | None) -> str:
     if circuit is None:
-        return "missed"
+        return "not pruned"
+    if circuit["missed"]:
+        return f"missed (best {circuit['best_loss']:.3f})"
     return f"{circuit['n_nodes']}, {circuit['n_edges']} ({circuit['achieved_loss']:.3f})"
 
 
@@ -61,7 +62,7 @@ def main() -> None:
     args = parser.parse_args()
 
     s_tasks, s_natural, s_circuits = _load(args.sparse)
-    d_tasks, _, d_circuits = _load(args.dense)
+    d_tasks, d_natural, d_circuits = _load(args.dense)
     print(
         "| task | sparse loss / acc | dense loss / acc | sparse circuit: nodes, edges (loss) "
         "| dense circuit: nodes, edges (loss) | dense / sparse edges |"
@@ -71,14 +72,16 @@ def main() -> None:
     for task in sorted(s_tasks):
         s, d = s_tasks[task], d_tasks[task]
         sc, dc = s_circuits.get(task), d_circuits.get(task)
+        found_s = sc if sc and not sc["missed"] else None
+        found_d = dc if dc and not dc["missed"] else None
         row = CompareRow(
             task,
-            sc and sc["n_edges"],
-            dc and dc["n_edges"],
-            sc and sc["n_nodes"],
-            dc and dc["n_nodes"],
-            sc["achieved_loss"] if sc else float("nan"),
-            dc["achieved_loss"] if dc else float("nan"),
+            found_s and found_s["n_edges"],
+            found_d and found_d["n_edges"],
+            found_s and found_s["n_nodes"],
+            found_d and found_d["n_nodes"],
+            found_s["achieved_loss"] if found_s else float("nan"),
+            found_d["achieved_loss"] if found_d else float("nan"),
         )
         rows.append(row)
         print(
@@ -93,10 +96,10 @@ def main() -> None:
     print(
         f"full model at task loss <= {args.target_loss}: sparse {solved_s}/20, dense {solved_d}/20"
     )
-    print(
-        f"circuits meeting the target: sparse {len(s_circuits)}/20, dense {len(d_circuits)}/20, "
-        f"both {len(both)}"
-    )
+    for name, records in (("sparse", s_circuits), ("dense", d_circuits)):
+        met = sum(1 for r in records.values() if not r["missed"])
+        print(f"{name}: {len(records)} tasks pruned, {met} circuits meet the target")
+    print(f"both models have a circuit for {len(both)} tasks")
     gs = _geomean([r.sparse_edges for r in both])
     gd = _geomean([r.dense_edges for r in both])
     ratio = geometric_mean_ratio(rows)
@@ -105,11 +108,12 @@ def main() -> None:
             f"geometric mean of edges over the {len(both)} tasks both met: sparse {gs:.1f}, "
             f"dense {gd:.1f}, ratio {ratio:.2f}x (paper: about 16x)"
         )
-    for task, row in sorted(s_natural.items()):
-        print(
-            f"natural-code {task} (sparse, {row['n_prompts']} held-out instances): "
-            f"loss {row['loss']:.3f}, accuracy {row['accuracy']:.3f}"
-        )
+    for name, natural in (("sparse", s_natural), ("dense", d_natural)):
+        for task, row in sorted(natural.items()):
+            print(
+                f"natural-code {task} ({name}, {row['n_prompts']} instances mined from the "
+                f"held-out stdlib files): loss {row['loss']:.3f}, accuracy {row['accuracy']:.3f}"
+            )
 
 
 if __name__ == "__main__":

@@ -454,6 +454,24 @@ def test_report_cli(model, circuit, tmp_path, capsys):
         == 2
     )
 
+    # No --circuit / --validation: the model's own circuits/<task>.json and the report beside it
+    own = tmp_path / "model" / "circuits"
+    own.mkdir()
+    built.save(own / "single_double_quote.json")
+    (own / "single_double_quote.validation.json").write_text(
+        json.dumps({**validation_report(), "n_edges": built.n_edges, "task": built.task})
+    )
+    args = ["report", str(tmp_path / "model"), "--task", "single_double_quote", "--out", str(out)]
+    assert main([*args, "--examples", "1", "--heldout-windows", "0"]) == 0
+    assert "2.3125" in out.read_text()
+    # a validation report of another circuit is refused, naming the field
+    (own / "single_double_quote.validation.json").write_text(
+        json.dumps({**validation_report(), "n_edges": built.n_edges + 1})
+    )
+    capsys.readouterr()
+    assert main([*args, "--examples", "1", "--heldout-windows", "0"]) == 2
+    assert "n_edges" in capsys.readouterr().err
+
 
 # ------------------------------------------------------------------ activations
 def test_node_activations_read_the_node_sites(model, circuit):

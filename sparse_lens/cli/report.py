@@ -1,8 +1,11 @@
 """`sparse-lens report`: one offline HTML page about a task circuit.
 
 A thin shell over :func:`sparse_lens.viz.write_report`. The circuit comes from ``--circuit``
-(read with ``Circuit.load``, which refuses a circuit found on other weights) or, without it, is
-pruned here with the circuits package's defaults. Held-out windows for the top-activating
+(read with ``Circuit.load``, which refuses a circuit found on other weights), else from the
+model's own ``circuits/<task>.json`` (as shipped models have), else it is pruned here with the
+circuits package's defaults. The validation report is ``--validation``, else the
+``<circuit>.validation.json`` beside the circuit file; either must describe this circuit (same
+task, weights hash and node and edge counts). Held-out windows for the top-activating
 snippets are the model's own held-out pretraining tokens (the ones its mean cache uses).
 """
 
@@ -52,14 +55,17 @@ def run_report(args: argparse.Namespace) -> int:
     if args.examples < 1 or args.heldout_windows < 0 or args.top_k < 1:
         args._parser.error("--examples and --top-k must be >= 1, --heldout-windows >= 0")
 
-
     from sparse_lens.io.checkpoint import model_directory
     from sparse_lens.model import SparseTransformer
     from sparse_lens.viz import write_report
 
     model = SparseTransformer.from_pretrained(args.model).eval()
     model_dir = model_directory(args.model)  # shipped names too: reuse the shipped mean cache
-    circuit = _load_circuit(args.circuit, model) if args.circuit else _prune(model, model_dir, args)
+    circuit_path = args.circuit or _own_circuit(model_dir, args.task)
+    circuit = _load_circuit(circuit_path, model) if circuit_path else _prune(model, model_dir, args)
+    validation = args.validation or _beside(circuit_path)
+    if validation is not None:
+        _check_validation(validation, circuit)
 
     heldout = None
     if args.heldout_windows:
@@ -72,7 +78,7 @@ def run_report(args: argparse.Namespace) -> int:
         model,
         circuit,
         args.task,
-        args.validation,
+        validation,
         out_path=args.out,
         examples=args.examples,
         heldout=heldout,
@@ -81,6 +87,53 @@ def run_report(args: argparse.Namespace) -> int:
     )
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, self-contained)")
     return 0
+
+
+def _own_circuit(model_dir, task: str):
+    """The model directory's own circuit for ``task`` (shipped models carry them), if any."""
+    from pathlib import Path
+
+    path = Path(model_dir) / "circuits" / f"{task}.json"
+    return str(path) if path.is_file() else None
+
+
+def _beside(circuit_path):
+    """``<stem>.validation.json`` next to a circuit file, if it exists."""
+    from pathlib import Path
+
+    if not circuit_path:
+        return None
+    path = Path(circuit_path)
+    path = path.with_name(f"{path.stem}.validation.json")
+    return str(path) if path.is_file() else None
+
+
+def _check_validation(path: str, circuit) -> None:
+    """A validation report of another circuit must not be tabulated as this one's."""
+    import json
+
+    from sparse_lens.errors import SparseLensError
+
+    try:
+        report = json.loads(open(path, encoding="utf-8").read())
+    except (OSError, ValueError) as error:
+        raise SparseLensError(f"cannot read the validation report ({error})", path=path) from None
+    if not isinstance(report, dict):
+        raise SparseLensError("a validation report must hold a JSON object", path=path)
+    expected = {
+        "task": circuit.task,
+        "weights_hash": circuit.weights_hash,
+        "n_nodes": circuit.n_nodes,
+        "n_edges": circuit.n_edges,
+    }
+    for key, value in expected.items():
+        if key in report and report[key] != value:
+            raise SparseLensError(
+                f"belongs to another circuit ({report[key]!r} here, {value!r} in the circuit); "
+                "validate this circuit with `sparse-lens validate`",
+                path=path,
+                field=key,
+            )
 
 
 def _load_circuit(path: str, model):

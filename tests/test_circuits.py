@@ -729,3 +729,41 @@ def test_cli_prune_validate_compare_end_to_end(tmp_path, capsys, monkeypatch):
     assert "geometric mean" in capsys.readouterr().out
     assert cli_main(["compare", str(sparse_dir), str(dense_dir), "--tasks", "nope", *common]) == 2
     _one_line_error(capsys)
+
+
+def test_discretise_finds_a_subset_that_beats_the_whole_model(monkeypatch):
+    """Mean-ablating distractors can beat the full model: when neither the open set nor every
+    node meets the target, sizes between them are searched, then bisected to the smallest."""
+    import sparse_lens.circuits.pruning as pruning
+    from sparse_lens.circuits.masks import NodeMasks
+
+    model = tiny_model(seed=0)
+    masks = NodeMasks(node_sites(model.cfg), 0.1, 0.0, generator=torch.Generator())
+    n = masks.n_nodes
+    with torch.no_grad():  # a strict ranking with the first 3 nodes open
+        masks.tau.copy_((2.5 - torch.arange(n, dtype=torch.float32)) / n)
+    assert masks.n_open() == 3
+
+    def loss_of(k: int) -> float:  # too few nodes fail, a middle range meets, everything fails
+        return 0.9 if k < 20 else (0.1 if k < n - 1 else 0.2)
+
+    monkeypatch.setattr(
+        pruning, "keep_hooks", lambda m, keep, ablation: sum(int(v.sum()) for v in keep.values())
+    )
+    monkeypatch.setattr(
+        pruning, "hooked_answer_logits", lambda m, val, hooks: torch.tensor([float(hooks)])
+    )
+    monkeypatch.setattr(
+        pruning, "binary_loss", lambda logits, label: torch.tensor([loss_of(int(logits[0]))])
+    )
+    val = TaskBatch(
+        tokens=torch.zeros(2, 3, dtype=torch.long),
+        last_pos=torch.tensor([2, 2]),
+        answer_ids=torch.tensor([[1, 2], [1, 2]]),
+        label=torch.tensor([0, 1]),
+        pair_index=torch.tensor([0, 0]),
+        prompts=["a", "b"],
+    )
+    found = pruning.discretise(model, masks, val, None, target_loss=0.15)
+    assert found.target_met and found.n_nodes == 20 and found.loss == pytest.approx(0.1)
+    assert int(found.keep.sum()) == 20 and bool(found.keep[:20].all())

@@ -8,7 +8,9 @@
 2. **Discretise** (:func:`discretise`). Rank nodes by tau and bisect the number kept, k, for the
    smallest circuit whose loss on the held-out (validation) pairs meets the target. Bisection
    assumes loss falls as k grows, which holds closely along a learned ranking; the upper end is
-   the learned mask's own open set if it meets the target, else every node.
+   the learned mask's own open set if it meets the target, else every node, else (the whole
+   model can miss a target a subset meets, since mean-ablating distractors helps) the first of
+   2x, 4x, ... the open set that meets it.
 3. **Calibrate** (:func:`~sparse_lens.circuits.evaluate.calibrate`): a scalar scale and shift of
    the logit difference, 16 LBFGS steps; the loss is reported with and without it.
 
@@ -320,11 +322,20 @@ def discretise(
         return losses[k]
 
     n_open = masks.n_open()
+    lo = -1  # loss_at(lo) > target, by convention for lo = -1
     hi = next((k for k in (n_open, masks.n_nodes) if loss_at(k) <= target_loss), None)
+    if hi is None:
+        # Ablating distractors can beat the whole model, so a prefix of the ranking between the
+        # open set and every node may meet a target neither end meets: try doubling sizes.
+        lo, k = n_open, 2 * max(1, n_open)
+        while k < masks.n_nodes:
+            if loss_at(k) <= target_loss:
+                hi = k
+                break
+            lo, k = k, 2 * k
     if hi is None:
         best_k = min(losses, key=lambda k: (losses[k], k))
         return Discretised(keep_of(best_k), best_k, losses[best_k], False, len(losses))
-    lo = -1  # loss_at(lo) > target, by convention for lo = -1
     while hi - lo > 1:
         mid = (lo + hi) // 2
         if loss_at(mid) <= target_loss:

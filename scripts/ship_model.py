@@ -1,6 +1,6 @@
 """Copy a finished training run into the package as a shipped model (maintainers only).
 
-    python scripts/ship_model.py /work/runs/stdlib-sparse stdlib-sparse
+    python scripts/ship_model.py runs/stdlib-sparse stdlib-sparse
 
 Writes sparse_lens/pretrained/<name>/: config.json, model.safetensors (sparse tensors as
 indices + values; the dense bigram table stored in float16 to keep the package small),

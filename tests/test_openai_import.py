@@ -24,7 +24,7 @@ from sparse_lens.io.openai import (
     tokenizer_from_gpt2_bpe,
 )
 
-FIXTURES = Path("/work/shared/fixtures/openai_circuit_sparsity")
+FIXTURES = Path(__file__).parent / "fixtures" / "openai_circuit_sparsity"  # copies of OpenAI's files
 FIXTURE_NAMES = sorted(
     p.name.removesuffix(".beeg_config.json") for p in FIXTURES.glob("*.beeg_config.json")
 )

@@ -7,7 +7,8 @@ Writes into sparse_lens/pretrained/<model>/: eval.json (all 20 template tasks on
 split, and the natural-code versions mined from the held-out stdlib files), and for each task
 whose full-model loss is at most the target, circuits/<task>.json and
 circuits/<task>.validation.json (mean and zero ablation, 20 random node sets, shuffled-label
-pruning). Resumable: a circuit whose file exists and matches the weights is kept.
+pruning). Resumable: a circuit whose file exists and matches the weights is kept; a task recorded as
+missed (<task>.missed.json) is pruned again.
 ``--tasks-from MODEL`` prunes the tasks MODEL solves instead (the dense baseline is compared
 with the sparse model on the sparse model's tasks).
 """
@@ -99,6 +100,7 @@ def main() -> None:
                 continue
             circuit = result.circuit
             circuit.save(path)
+            (out / f"{task}.missed.json").unlink(missing_ok=True)  # an earlier pass's miss
         report_path = out / f"{task}.validation.json"
         if not report_path.is_file():
             report = validate_circuit(model, circuit, cache, shuffled=not args.no_shuffled)

@@ -106,6 +106,17 @@ def _chromium(page: Path, profile: Path, *args: str) -> subprocess.CompletedProc
     return subprocess.run(command, capture_output=True, text=True, timeout=180, check=False)
 
 
+def _screenshot(page: Path, tmp_path: Path, name: str, size: str) -> None:
+    """Save ``OUTPUT/<name>.png`` of ``page`` (and the page itself) for a person to look at."""
+    OUTPUT.mkdir(exist_ok=True)
+    shutil.copy(page, OUTPUT / f"{name}.html")
+    shot = OUTPUT / f"{name}.png"
+    result = _chromium(
+        page, tmp_path / f"shot-profile-{name}", f"--screenshot={shot}", f"--window-size={size}"
+    )
+    assert result.returncode == 0 and shot.stat().st_size > 10_000, result.stderr[-2000:]
+
+
 class _DomFacts(HTMLParser):
     """What rendered: <html> attributes, circuit SVG nodes and edges, circuitsvis containers."""
 
@@ -183,31 +194,15 @@ def test_report_renders_offline_without_errors_or_requests(report, tmp_path):
     empty = [v["id"] for v in facts.visuals if not v["rendered"]]
     assert not empty, f"circuitsvis rendered nothing into {empty}"
 
-    OUTPUT.mkdir(exist_ok=True)
-    shutil.copy(page, OUTPUT / "report.html")
-    for name, size in (("report", "1400,2600"),):
-        result = _chromium(
-            page,
-            tmp_path / "profile-shot",
-            f"--screenshot={OUTPUT / (name + '.png')}",
-            f"--window-size={size}",
-        )
-        assert result.returncode == 0 and (OUTPUT / f"{name}.png").stat().st_size > 10_000
+    _screenshot(page, tmp_path, "report", "1400,2600")
 
 
 def test_circuit_diagram_screenshot(report, tmp_path):
     model, circuit, _ = report
-    OUTPUT.mkdir(exist_ok=True)
     page = show_circuit(circuit, model).save(tmp_path / "circuit.html")
     facts = _probe(page, tmp_path, "circuit")
     assert _errors(facts) == [] and facts.svg_nodes == len(circuit["nodes"])
-    result = _chromium(
-        page,
-        tmp_path / "profile-circuit",
-        f"--screenshot={OUTPUT / 'circuit.png'}",
-        "--window-size=900,760",
-    )
-    assert result.returncode == 0 and (OUTPUT / "circuit.png").stat().st_size > 10_000
+    _screenshot(page, tmp_path, "circuit", "900,760")
 
 
 @pytest.mark.parametrize(
@@ -258,12 +253,4 @@ def test_shipped_quote_circuit_report_renders(tmp_path):
     assert facts.svg_nodes == circuit["n_nodes"] and facts.svg_edges == circuit["n_edges"]
     assert {"ColoredTokensMulti", "AttentionHeads"} <= {v["component"] for v in facts.visuals}
     assert all(v["rendered"] for v in facts.visuals)
-    OUTPUT.mkdir(exist_ok=True)
-    shutil.copy(page, OUTPUT / "quote-report.html")
-    result = _chromium(
-        page,
-        tmp_path / "profile-quote",
-        f"--screenshot={OUTPUT / 'quote-report.png'}",
-        "--window-size=1400,2600",
-    )
-    assert result.returncode == 0 and (OUTPUT / "quote-report.png").stat().st_size > 10_000
+    _screenshot(page, tmp_path, "quote-report", "1400,2600")

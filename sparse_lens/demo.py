@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import statistics
 import sys
 import time
@@ -162,13 +161,6 @@ def shipped_circuit_paths(model_dir: str | Path, task: str) -> tuple[Path, Path]
     return folder / f"{task}.json", folder / f"{task}.validation.json"
 
 
-def _is_install(directory: Path) -> bool:
-    """True for a directory the demo must not write into: the package's own or read-only."""
-    from sparse_lens.pretrained import is_shipped_dir
-
-    return is_shipped_dir(directory) or not os.access(directory.resolve(), os.W_OK)
-
-
 def demo_mean_cache(
     model: Any,
     model_dir: Path,
@@ -177,39 +169,12 @@ def demo_mean_cache(
     corpus: list[str] | None,
     progress: bool,
 ) -> tuple[Any, str]:
-    """(mean cache, where it lives): beside the model, or the user cache for an install."""
-    from sparse_lens.circuits.ablation import (
-        MEAN_CACHE_FILE,
-        compute_mean_cache,
-        load_mean_cache,
-        mean_cache_for,
-        pretraining_tokens,
-        save_mean_cache,
-        weights_hash,
-    )
-    from sparse_lens.data import cache_dir
-    from sparse_lens.errors import SparseLensError
+    """(mean cache, where it lives): beside the model, or the user cache for an install
+    (:func:`~sparse_lens.circuits.mean_cache_for` never writes into the package)."""
+    from sparse_lens.circuits.ablation import mean_cache_for
 
-    if not _is_install(model_dir):
-        cache = mean_cache_for(
-            model, model_dir, n_tokens=n_tokens, corpus=corpus, progress=progress
-        )
-        return cache, str(model_dir / MEAN_CACHE_FILE)
-    digest = weights_hash(model)
-    user_path = cache_dir() / "mean_cache" / f"{digest[:24]}.safetensors"
-    for path in (model_dir / MEAN_CACHE_FILE, user_path):
-        if path.is_file():
-            try:
-                cache = load_mean_cache(path)
-            except SparseLensError:
-                continue  # corrupt: recompute below
-            if cache.weights_hash == digest:
-                cache.check_model(model, digest)
-                return cache, str(path)
-    tokens = pretraining_tokens(model, model_dir, n_tokens, corpus, progress=progress)
-    cache = compute_mean_cache(model, tokens, progress=progress)
-    save_mean_cache(cache, user_path)
-    return cache, str(user_path)
+    cache = mean_cache_for(model, model_dir, n_tokens=n_tokens, corpus=corpus, progress=progress)
+    return cache, str(cache.path) if cache.path is not None else "not saved"
 
 
 # --------------------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ import hashlib
 import json
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -91,12 +91,14 @@ class MeanCache:
             i of every site comes from the same pair.
         n_tokens: how many token positions the means average over.
         weights_hash: :func:`weights_hash` of the model the cache belongs to.
+        path: the file :func:`mean_cache_for` read it from or saved it to (None: not on disk).
     """
 
     means: dict[str, Float[Tensor, " _width"]]
     bank: dict[str, Float[Tensor, "n_bank _width"]]
     n_tokens: int
     weights_hash: str
+    path: Path | None = field(default=None, compare=False, repr=False)
 
     @property
     def n_bank(self) -> int:
@@ -298,7 +300,7 @@ def mean_cache_for(
     if model_dir is not None:
         candidates.append(Path(model_dir) / MEAN_CACHE_FILE)
     candidates.append(cache_dir() / "mean_cache" / f"{digest[:24]}.safetensors")
-    writable = [p for p in candidates if not is_shipped_dir(p.parent)]
+    writable = candidates[1:] if model_dir is not None and is_shipped_dir(model_dir) else candidates
     for path in candidates if tokens is None and not recompute else ():
         if path.is_file():
             try:
@@ -307,6 +309,7 @@ def mean_cache_for(
                 continue  # corrupt: recompute and overwrite
             if cache.weights_hash == digest:
                 cache.check_model(model, digest)
+                cache.path = path
                 return cache
     if tokens is None:
         tokens = pretraining_tokens(model, model_dir, n_tokens, corpus, progress=progress)
@@ -314,6 +317,7 @@ def mean_cache_for(
     for path in writable:
         try:
             save_mean_cache(cache, path)
+            cache.path = path
             break
         except OSError as error:
             warnings.warn(f"could not save the mean cache to {path} ({error})", stacklevel=2)

@@ -1,16 +1,18 @@
-"""Evaluate a shipped model on every task and ship circuits for the tasks it solves (maintainers).
+"""Evaluate a shipped model on every task and ship its task circuits (maintainers).
 
-    python scripts/ship_circuits.py stdlib-sparse                  # eval, prune, validate
+    python scripts/ship_circuits.py stdlib-sparse                  # tasks the model solves
     python scripts/ship_circuits.py stdlib-dense --tasks-from stdlib-sparse
+    python scripts/ship_circuits.py stdlib-sparse --tasks single_double_quote indent_for ...
 
-Writes into sparse_lens/pretrained/<model>/: eval.json (all 20 template tasks on the test
-split, and the natural-code versions mined from the held-out stdlib files), and for each task
-whose full-model loss is at most the target, circuits/<task>.json and
-circuits/<task>.validation.json (mean and zero ablation, 20 random node sets, shuffled-label
-pruning). Resumable: a circuit whose file exists and matches the weights is kept; a task recorded as
-missed (<task>.missed.json) is pruned again.
-``--tasks-from MODEL`` prunes the tasks MODEL solves instead (the dense baseline is compared
-with the sparse model on the sparse model's tasks).
+The shipped circuits were made with ``--tasks`` naming all 20 tasks, for both models (pruning
+can meet the target on tasks the full model misses). Writes into
+sparse_lens/pretrained/<model>/: eval.json (all 20 template tasks on the test split, and the
+natural-code versions mined from the held-out stdlib files), and for each pruned task either
+circuits/<task>.json with circuits/<task>.validation.json (mean and zero ablation, 20 random
+node sets, shuffled-label pruning) or circuits/<task>.missed.json (best loss reached).
+Resumable: a circuit whose file exists and matches the weights is kept; a task recorded as
+missed is pruned again. Without ``--tasks``, the tasks whose full-model loss meets the target
+are pruned (``--tasks-from MODEL``: the tasks MODEL solves).
 """
 
 from __future__ import annotations

@@ -91,9 +91,9 @@ def run_report(args: argparse.Namespace) -> int:
 
 def _own_circuit(model_dir, task: str):
     """The model directory's own circuit for ``task`` (shipped models carry them), if any."""
-    from pathlib import Path
+    from sparse_lens.demo import shipped_circuit_paths
 
-    path = Path(model_dir) / "circuits" / f"{task}.json"
+    path, _ = shipped_circuit_paths(model_dir, task)
     return str(path) if path.is_file() else None
 
 
@@ -111,11 +111,12 @@ def _beside(circuit_path):
 def _check_validation(path: str, circuit) -> None:
     """A validation report of another circuit must not be tabulated as this one's."""
     import json
+    from pathlib import Path
 
     from sparse_lens.errors import SparseLensError
 
     try:
-        report = json.loads(open(path, encoding="utf-8").read())
+        report = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
         raise SparseLensError(f"cannot read the validation report ({error})", path=path) from None
     if not isinstance(report, dict):

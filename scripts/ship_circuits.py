@@ -51,6 +51,12 @@ def main() -> None:
     parser.add_argument("--tasks-from", help="prune the tasks this shipped model solves")
     parser.add_argument("--tasks", nargs="*", help="prune exactly these tasks")
     parser.add_argument("--target-loss", type=float, default=0.15)
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=200,
+        help="optimiser steps per search run (default 200; PruneConfig's 60 finds larger circuits)",
+    )
     parser.add_argument("--no-shuffled", action="store_true", help="skip shuffled-label pruning")
     args = parser.parse_args()
 
@@ -74,7 +80,7 @@ def main() -> None:
     cache = mean_cache_for(model, None)  # user cache dir: too big to ship
     out = directory / "circuits"
     out.mkdir(exist_ok=True)
-    config = PruneConfig(target_loss=args.target_loss)
+    config = PruneConfig(target_loss=args.target_loss, steps=args.steps)
     for task in tasks:
         path = out / f"{task}.json"
         start = time.perf_counter()

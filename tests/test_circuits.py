@@ -767,3 +767,65 @@ def test_discretise_finds_a_subset_that_beats_the_whole_model(monkeypatch):
     found = pruning.discretise(model, masks, val, None, target_loss=0.15)
     assert found.target_met and found.n_nodes == 20 and found.loss == pytest.approx(0.1)
     assert int(found.keep.sum()) == 20 and bool(found.keep[:20].all())
+
+
+def test_every_node_of_a_refined_circuit_is_needed(model, cache, data, result, circuit):
+    """After the greedy refinement converges, dropping any one node misses the target on the
+    validation or the training pairs (the circuit is 1-minimal)."""
+    from sparse_lens.circuits.masks import NodeMasks
+    from sparse_lens.circuits.pruning import keep_loss
+
+    refined = next(run["refined"] for run in result.runs if "refined" in run)
+    assert refined["converged"]
+    assert (refined["n_nodes"], refined["n_edges"]) == (circuit.n_nodes, circuit.n_edges)
+    masks = NodeMasks(node_sites(model.cfg))
+    keep = torch.cat([circuit.keep_mask(model)[s.hook] for s in masks.sites])
+    ablation = make_ablation("mean", cache)
+    with torch.no_grad():
+        assert keep_loss(model, masks, keep, data["val"], ablation) <= TARGET
+        for flat in keep.nonzero().squeeze(-1).tolist():
+            keep[flat] = False
+            losses = [keep_loss(model, masks, keep, data[s], ablation) for s in ("val", "train")]
+            keep[flat] = True
+            assert max(losses) > TARGET, masks.nodes([flat])
+
+
+def test_refine_drops_what_the_target_does_not_need(monkeypatch):
+    """Against a constructed loss (the target is met exactly when nodes 2 and 5 are kept, and
+    the training pairs also need node 7), refinement from the first 12 nodes keeps 2, 5 and 7;
+    a trial budget stops it early and says it did not converge."""
+    import sparse_lens.circuits.pruning as pruning
+    from sparse_lens.circuits.masks import NodeMasks
+
+    model = tiny_model(seed=0)
+    masks = NodeMasks(node_sites(model.cfg), 0.1, 0.0, generator=torch.Generator())
+    n = masks.n_nodes
+    start = torch.zeros(n, dtype=torch.bool)
+    start[:12] = True
+    tau = torch.linspace(1.0, -1.0, n)
+    val, train = (
+        TaskBatch(
+            tokens=torch.zeros(2, 3, dtype=torch.long),
+            last_pos=torch.tensor([2, 2]),
+            answer_ids=torch.tensor([[1, 2], [1, 2]]),
+            label=torch.tensor([0, 1]),
+            pair_index=torch.tensor([0, 0]),
+            prompts=["a", "b"],
+        )
+        for _ in range(2)
+    )
+
+    def loss(model, masks, keep, batch, ablation):
+        needed = {2, 5} | ({7} if batch is train else set())
+        return 0.1 if all(bool(keep[i]) for i in needed) else 0.9
+
+    monkeypatch.setattr(pruning, "keep_loss", loss)
+    out = pruning.refine(model, masks, start, tau, val, train, None, 0.15, max_trials=100)
+    assert out.converged and out.loss == pytest.approx(0.1)
+    assert out.keep.nonzero().squeeze(-1).tolist() == [2, 5, 7]
+    assert bool(start[:12].all())  # the caller's keep vector is left alone
+    assert out.n_trials == 12 + 3  # one pass drops 9, the next confirms the 3 left
+
+    early = pruning.refine(model, masks, start, tau, val, train, None, 0.15, max_trials=4)
+    assert not early.converged and early.n_trials == 4
+    assert int(early.keep.sum()) >= 3

@@ -107,6 +107,11 @@ def _pruning_options(parser: argparse.ArgumentParser, modes: list[str]) -> None:
     parser.add_argument(
         "--steps", type=int, help="optimiser steps per search run (default: PruneConfig's)"
     )
+    parser.add_argument(
+        "--no-refine",
+        action="store_true",
+        help="keep the bisected prefix of the ranking as it is (no greedy one-node removals)",
+    )
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -156,7 +161,11 @@ def _config(args: argparse.Namespace):
 
     extra = {} if args.steps is None else {"steps": args.steps}
     return PruneConfig(
-        target_loss=args.target_loss, ablation=args.ablation, seed=args.seed, **extra
+        target_loss=args.target_loss,
+        ablation=args.ablation,
+        seed=args.seed,
+        refine=not args.no_refine,
+        **extra,
     )
 
 

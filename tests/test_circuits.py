@@ -731,6 +731,18 @@ def test_cli_prune_validate_compare_end_to_end(tmp_path, capsys, monkeypatch):
     _one_line_error(capsys)
 
 
+def one_pair_batch() -> TaskBatch:
+    """A stand-in batch for tests whose loss is constructed (its contents are never read)."""
+    return TaskBatch(
+        tokens=torch.zeros(2, 3, dtype=torch.long),
+        last_pos=torch.tensor([2, 2]),
+        answer_ids=torch.tensor([[1, 2], [1, 2]]),
+        label=torch.tensor([0, 1]),
+        pair_index=torch.tensor([0, 0]),
+        prompts=["a", "b"],
+    )
+
+
 def test_discretise_finds_a_subset_that_beats_the_whole_model(monkeypatch):
     """Mean-ablating distractors can beat the full model: when neither the open set nor every
     node meets the target, sizes between them are searched, then bisected to the smallest."""
@@ -756,14 +768,7 @@ def test_discretise_finds_a_subset_that_beats_the_whole_model(monkeypatch):
     monkeypatch.setattr(
         pruning, "binary_loss", lambda logits, label: torch.tensor([loss_of(int(logits[0]))])
     )
-    val = TaskBatch(
-        tokens=torch.zeros(2, 3, dtype=torch.long),
-        last_pos=torch.tensor([2, 2]),
-        answer_ids=torch.tensor([[1, 2], [1, 2]]),
-        label=torch.tensor([0, 1]),
-        pair_index=torch.tensor([0, 0]),
-        prompts=["a", "b"],
-    )
+    val = one_pair_batch()
     found = pruning.discretise(model, masks, val, None, target_loss=0.15)
     assert found.target_met and found.n_nodes == 20 and found.loss == pytest.approx(0.1)
     assert int(found.keep.sum()) == 20 and bool(found.keep[:20].all())
@@ -803,17 +808,7 @@ def test_refine_drops_what_the_target_does_not_need(monkeypatch):
     start = torch.zeros(n, dtype=torch.bool)
     start[:12] = True
     tau = torch.linspace(1.0, -1.0, n)
-    val, train = (
-        TaskBatch(
-            tokens=torch.zeros(2, 3, dtype=torch.long),
-            last_pos=torch.tensor([2, 2]),
-            answer_ids=torch.tensor([[1, 2], [1, 2]]),
-            label=torch.tensor([0, 1]),
-            pair_index=torch.tensor([0, 0]),
-            prompts=["a", "b"],
-        )
-        for _ in range(2)
-    )
+    val, train = one_pair_batch(), one_pair_batch()
 
     def loss(model, masks, keep, batch, ablation):
         needed = {2, 5} | ({7} if batch is train else set())

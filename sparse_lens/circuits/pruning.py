@@ -376,12 +376,18 @@ def keep_loss(
 def node_degrees(model: nn.Module, masks: NodeMasks, keep: Tensor) -> dict[int, int]:
     """Edges touching each kept node (flat index), counted as :attr:`Circuit.edges` counts them."""
     flat = keep.nonzero().squeeze(-1).tolist()
-    by_name = {node_name(h, i): f for f, (h, i) in zip(flat, masks.nodes(flat), strict=True)}
+    nodes = masks.nodes(flat)
+    by_name = {node_name(h, i): f for f, (h, i) in zip(flat, nodes, strict=True)}
     degree = dict.fromkeys(flat, 0)
-    for edge in circuit_edges(model, masks.nodes(flat)):
+    for edge in circuit_edges(model, nodes):
         degree[by_name[edge.src]] += 1
         degree[by_name[edge.dst]] += 1
     return degree
+
+
+def edge_count(model: nn.Module, masks: NodeMasks, keep: Tensor) -> int:
+    """Edges among the ``keep`` nodes (:func:`~sparse_lens.circuits.circuit.circuit_edges`)."""
+    return len(circuit_edges(model, masks.nodes(keep.nonzero().squeeze(-1).tolist())))
 
 
 @dataclass
@@ -500,11 +506,7 @@ def prune(
             start = time.perf_counter()
             found = discretise(model, masks, val, ablation, config.target_loss)
             timings["discretise"] += time.perf_counter() - start
-            n_edges = (
-                len(circuit_edges(model, masks.nodes(found.keep.nonzero().squeeze(-1).tolist())))
-                if found.target_met
-                else None
-            )
+            n_edges = edge_count(model, masks, found.keep) if found.target_met else None
             runs.append(
                 {
                     "k_coef": k_coef,
@@ -550,10 +552,9 @@ def prune(
             )
             timings["refine"] = time.perf_counter() - start
             kept, loss = refined.keep, refined.loss
-            flat = kept.nonzero().squeeze(-1).tolist()
             best_run["refined"] = {
-                "n_nodes": len(flat),
-                "n_edges": len(circuit_edges(model, masks.nodes(flat))),
+                "n_nodes": int(kept.sum()),
+                "n_edges": edge_count(model, masks, kept),
                 "loss": loss,
                 "trials": refined.n_trials,
                 "converged": refined.converged,

@@ -1,0 +1,58 @@
+"""Evaluate models trained for different step counts on all 20 tasks (maintainers).
+
+    sparse-lens train --preset cpu --steps 1000 --out runs/scale-1000
+    sparse-lens train --preset cpu --steps 2000 --out runs/scale-2000
+    python scripts/task_scaling.py runs/scale-1000 runs/scale-2000 stdlib-sparse
+
+Prints one row per model: steps, tokens, held-out loss (as training.json records it), mean task
+loss over the 20 template tasks, and how many tasks reach loss <= 0.15 and accuracy >= 0.9 on
+256 test-split pairs. It measures whether more training moves the task losses, which is what
+the shipped models' 1/20 solved tasks would need.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+from sparse_lens import SparseTransformer
+from sparse_lens.pretrained import PRETRAINED_DIR
+from sparse_lens.tasks import evaluate_task, task_names
+
+N_PAIRS = 256
+
+
+def model_dir(name_or_path: str) -> Path:
+    path = Path(name_or_path)
+    return path if path.is_dir() else PRETRAINED_DIR / name_or_path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("models", nargs="+", help="run directories or shipped model names")
+    parser.add_argument("--target-loss", type=float, default=0.15)
+    args = parser.parse_args()
+
+    print(
+        "| model | steps | tokens | held-out loss | mean task loss | tasks <= 0.15 | acc >= 0.9 |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for name in args.models:
+        training = json.loads((model_dir(name) / "training.json").read_text())
+        model = SparseTransformer.from_pretrained(name)
+        rows = [evaluate_task(model, task, n_pairs=N_PAIRS) for task in task_names()]
+        losses = [r["loss"] for r in rows]
+        solved = sum(loss <= args.target_loss for loss in losses)
+        accurate = sum(r["accuracy"] >= 0.9 for r in rows)
+        print(
+            f"| {name} | {training['steps']} | {training['tokens_seen'] / 1e6:.1f}M | "
+            f"{training['final_heldout_loss']:.3f} | {statistics.mean(losses):.3f} | "
+            f"{solved}/{len(rows)} | {accurate}/{len(rows)} |",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -15,18 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-from pathlib import Path
 
 from sparse_lens import SparseTransformer
-from sparse_lens.pretrained import PRETRAINED_DIR
+from sparse_lens.io.checkpoint import model_directory
 from sparse_lens.tasks import evaluate_task, task_names
+from sparse_lens.train.checkpoint import PROVENANCE_FILE
 
 N_PAIRS = 256
-
-
-def model_dir(name_or_path: str) -> Path:
-    path = Path(name_or_path)
-    return path if path.is_dir() else PRETRAINED_DIR / name_or_path
 
 
 def main() -> None:
@@ -36,11 +31,12 @@ def main() -> None:
     args = parser.parse_args()
 
     print(
-        "| model | steps | tokens | held-out loss | mean task loss | tasks <= 0.15 | acc >= 0.9 |"
+        "| model | steps | tokens | held-out loss | mean task loss "
+        f"| tasks <= {args.target_loss:g} | acc >= 0.9 |"
     )
     print("|---|---|---|---|---|---|---|")
     for name in args.models:
-        training = json.loads((model_dir(name) / "training.json").read_text())
+        training = json.loads((model_directory(name) / PROVENANCE_FILE).read_text())
         model = SparseTransformer.from_pretrained(name)
         rows = [evaluate_task(model, task, n_pairs=N_PAIRS) for task in task_names()]
         losses = [r["loss"] for r in rows]

@@ -1,4 +1,4 @@
-"""`sparse-lens info` and sparse_lens.inspect: architecture summary and per-tensor nonzeros."""
+"""`sparse-lens info` and sparse_lens.info: architecture summary and per-tensor nonzeros."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 from helpers import tiny_model
 
 from sparse_lens.cli import main
-from sparse_lens.inspect import example_sparse_model, model_info, weight_stats
+from sparse_lens.info import example_sparse_model, model_info, weight_stats
 from sparse_lens.model import sparse_targets
 
 

@@ -7,7 +7,7 @@ import torch
 from helpers import random_tokens, tiny_model
 from nnsight.intervention.interleaver import OutOfOrderError
 
-from sparse_lens.io.bridge import to_nnsight
+from sparse_lens.io.interop import to_nnsight
 
 
 @pytest.fixture(scope="module")

@@ -42,7 +42,7 @@ def run_info(args: argparse.Namespace) -> int:
 
     import json
 
-    from sparse_lens.inspect import example_sparse_model, model_info
+    from sparse_lens.info import example_sparse_model, model_info
 
     if args.example:
         model = example_sparse_model(seed=args.seed)

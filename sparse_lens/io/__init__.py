@@ -1,1 +1,1 @@
-"""Reading and writing models: sparse checkpoints, the OpenAI importer, bridge export."""
+"""Reading and writing models: sparse checkpoints, the OpenAI importer, TransformerBridge and nnsight interop."""

@@ -9,7 +9,8 @@ The pipeline (each step a function, each artefact a file)::
 
 Modules: :mod:`.registry` (ablation modes, torch-free), :mod:`.ablation` (mean cache, the
 modes), :mod:`.masks` (tau masks as TL hooks, Heaviside with a sigmoid surrogate),
-:mod:`.evaluate` (task loss at the scored position, calibration), :mod:`.pruning` (optimisation,
+:mod:`.evaluate` (task loss at the scored position, calibration), :mod:`.faithfulness`
+(agreement and KL with the full model, pair-bootstrap intervals), :mod:`.pruning` (optimisation,
 search, bisection), :mod:`.circuit` (the Circuit and its edges), :mod:`.validation` (controls and
 report), :mod:`.compare` (sparse vs dense sizes).
 
@@ -38,6 +39,7 @@ _EXPORTS = {
     "circuit": ("Circuit", "CircuitEdge", "CircuitNode", "IOConnection", "circuit_edges"),
     "compare": ("CompareRow", "compare_models", "format_comparison", "geometric_mean_ratio"),
     "evaluate": ("answer_logits", "binary_loss", "calibrate", "hooked_loss"),
+    "faithfulness": ("Faithfulness", "Interval", "faithfulness", "target_from_fraction"),
     "masks": ("NodeMasks", "heaviside_gate", "keep_hooks"),
     "pruning": (
         "PruneConfig",

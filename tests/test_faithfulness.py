@@ -7,7 +7,7 @@ import torch
 
 from sparse_lens.circuits.faithfulness import (
     bootstrap_means,
-    faithfulness,
+    circuit_faithfulness,
     per_prompt,
     target_from_fraction,
 )
@@ -25,7 +25,7 @@ def _batch(n_pairs: int, seed: int = 0):
 def test_a_circuit_equal_to_its_model_is_perfectly_faithful():
     logits, label, pairs = _batch(64)
     empty = torch.zeros_like(logits)
-    report = faithfulness(logits, logits.clone(), label, pairs, reference_logits=empty)
+    report = circuit_faithfulness(logits, logits.clone(), label, pairs, reference_logits=empty)
     assert report.agreement.value == 1.0 and report.agreement.low == 1.0
     assert report.kl.value == pytest.approx(0.0, abs=1e-12)
     assert report.circuit_loss.value == pytest.approx(report.full_loss.value)
@@ -35,7 +35,7 @@ def test_a_circuit_equal_to_its_model_is_perfectly_faithful():
 
 def test_a_circuit_that_flips_every_answer_disagrees_and_has_large_kl():
     logits, label, pairs = _batch(64)
-    report = faithfulness(logits, logits.flip(-1), label, pairs)
+    report = circuit_faithfulness(logits, logits.flip(-1), label, pairs)
     ties = (logits[:, 0] == logits[:, 1]).sum()
     assert ties == 0
     assert report.agreement.value == 0.0
@@ -56,7 +56,9 @@ def test_a_circuit_better_than_its_model_has_gain_fraction_above_one():
     logits, label, pairs = _batch(128)
     correct_sign = torch.where(label == 0, 1.0, -1.0)
     perfect = torch.stack([correct_sign * 20, -correct_sign * 20], dim=-1)
-    report = faithfulness(logits, perfect, label, pairs, reference_logits=torch.zeros_like(logits))
+    report = circuit_faithfulness(
+        logits, perfect, label, pairs, reference_logits=torch.zeros_like(logits)
+    )
     assert report.full_loss.value > 0.3  # a weak model
     assert report.gain_fraction.value > 1.0 and report.gain_fraction.low > 1.0
     assert report.agreement.value < 0.9  # right where the model is wrong: disagrees
@@ -84,7 +86,7 @@ def test_bootstrap_interval_width_matches_the_standard_error():
     n_pairs = 400
     full, label, pairs = _batch(n_pairs)
     circuit = full + torch.randn(full.shape, generator=generator) * 2
-    report = faithfulness(full, circuit, label, pairs, n_resamples=2000)
+    report = circuit_faithfulness(full, circuit, label, pairs, n_resamples=2000)
     agree = per_prompt(full, circuit, label)["agreement"].view(n_pairs, 2).mean(-1)
     standard_error = float(agree.std() / math.sqrt(n_pairs))
     width = report.agreement.high - report.agreement.low

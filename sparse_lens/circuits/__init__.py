@@ -39,7 +39,7 @@ _EXPORTS = {
     "circuit": ("Circuit", "CircuitEdge", "CircuitNode", "IOConnection", "circuit_edges"),
     "compare": ("CompareRow", "compare_models", "format_comparison", "geometric_mean_ratio"),
     "evaluate": ("answer_logits", "binary_loss", "calibrate", "hooked_loss"),
-    "faithfulness": ("Faithfulness", "Interval", "faithfulness", "target_from_fraction"),
+    "faithfulness": ("Faithfulness", "Interval", "circuit_faithfulness", "target_from_fraction"),
     "masks": ("NodeMasks", "heaviside_gate", "keep_hooks"),
     "pruning": (
         "PruneConfig",

@@ -130,7 +130,7 @@ def interval(point: float, samples: Tensor) -> Interval:
     return Interval(float(point), float(low), float(high))
 
 
-def faithfulness(
+def circuit_faithfulness(
     full_logits: Float[Tensor, "batch 2"],
     circuit_logits: Float[Tensor, "batch 2"],
     label: Int[Tensor, " batch"],

@@ -11,7 +11,8 @@ Modules: :mod:`.registry` (ablation modes, torch-free), :mod:`.ablation` (mean c
 modes), :mod:`.masks` (tau masks as TL hooks, Heaviside with a sigmoid surrogate),
 :mod:`.evaluate` (task loss at the scored position, calibration), :mod:`.faithfulness`
 (agreement and KL with the full model, pair-bootstrap intervals), :mod:`.pruning` (optimisation,
-search, bisection), :mod:`.circuit` (the Circuit and its edges), :mod:`.validation` (controls and
+search, bisection), :mod:`.controls` (structure-matched random
+sets, nonsense tasks), :mod:`.circuit` (the Circuit and its edges), :mod:`.validation` (controls and
 report), :mod:`.compare` (sparse vs dense sizes).
 
 Names are imported lazily (as in :mod:`sparse_lens.tasks`), so the CLI can read the ablation
@@ -38,6 +39,7 @@ _EXPORTS = {
     "registry": ("ABLATIONS", "ablation_names", "register_ablation"),
     "circuit": ("Circuit", "CircuitEdge", "CircuitNode", "IOConnection", "circuit_edges"),
     "compare": ("CompareRow", "compare_models", "format_comparison", "geometric_mean_ratio"),
+    "controls": ("random_token_batch", "structure_matched_sets"),
     "evaluate": ("answer_logits", "binary_loss", "calibrate", "hooked_loss"),
     "faithfulness": ("Faithfulness", "Interval", "circuit_faithfulness", "target_from_fraction"),
     "masks": ("NodeMasks", "heaviside_gate", "keep_hooks"),

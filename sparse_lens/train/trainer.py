@@ -186,8 +186,8 @@ class Trainer:
         self.timers = {"step": 0.0, "projection": 0.0}
         self._stop_signal: int | None = None
         self._last_checkpoint = -1
-        # Durations of the latest step, evaluation and save: what the time guard reserves.
-        self._latest_s = {"step": 0.0, "eval": 0.0, "save": 0.0}
+        # Durations of the latest evaluation and save: what the time guard reserves for them.
+        self._latest_s = {"eval": 0.0, "save": 0.0}
 
     # ------------------------------------------------------------------ public API
     @property
@@ -227,6 +227,7 @@ class Trainer:
         interrupted = time_limited = False
         call_start = time.perf_counter()
         window_start, window_tokens = call_start, 0
+        last_check = call_start  # the time guard's: one loop iteration is what the next costs
         run_start = time.perf_counter() - self.elapsed
         tokens_per_s = 0.0
         try:
@@ -254,8 +255,10 @@ class Trainer:
                     tok_s=f"{tokens_per_s:,.0f}",
                     refresh=False,
                 )
+                now = time.perf_counter()
+                iteration, last_check = now - last_check, now
                 time_limited = self.time_limit_s is not None and any_rank(
-                    self.env, self._out_of_time(call_start)
+                    self.env, self._out_of_time(now - call_start, iteration)
                 )
                 if time_limited:
                     self._log({"step": done, "stopped": "time limit", "limit_s": self.time_limit_s})
@@ -408,8 +411,7 @@ class Trainer:
             self.sparsifier.project(l0)
             projection = time.perf_counter() - projected
         apply_weight_decay_(self.decayed, lr, self.cfg.weight_decay)
-        self._latest_s["step"] = time.perf_counter() - started
-        self.timers["step"] += self._latest_s["step"]
+        self.timers["step"] += time.perf_counter() - started
         self.timers["projection"] += projection
         self.step = step + 1
         self.tokens_seen += self.tokens_per_step
@@ -424,12 +426,11 @@ class Trainer:
             "projection_s": projection,
         }
 
-    def _out_of_time(self, call_start: float) -> bool:
-        """Whether another step, then an evaluation and a save, might overrun the time limit
-        (the step counted twice: steps vary)."""
-        latest = self._latest_s
-        reserve = 2 * latest["step"] + latest["eval"] + latest["save"]
-        return time.perf_counter() - call_start + reserve > self.time_limit_s
+    def _out_of_time(self, elapsed: float, iteration: float) -> bool:
+        """Whether another loop iteration, then an evaluation and a save, might overrun the time
+        limit (the iteration counted twice: iterations vary)."""
+        reserve = 2 * iteration + self._latest_s["eval"] + self._latest_s["save"]
+        return elapsed + reserve > self.time_limit_s
 
     def _diverged(self, step: int, value: float, what: str = "loss") -> None:
         kept = (

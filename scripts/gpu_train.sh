@@ -3,7 +3,8 @@
 #
 #   here:   python scripts/export_tokens.py --out .tokens/stdlib-2048   (20.2 MiB, git-ignored)
 #   device: run(command="bash scripts/gpu_train.sh", carry=[".tokens/stdlib-2048"], timeout_s=600)
-#           (add ".whl" to carry when sparse-lens's dependencies travel as wheels, see step 1)
+#           with ".whl" in carry too (bash scripts/gpu_wheels.sh here first): the device image
+#           has no transformer-lens
 #   back:   $OUT/gpu/ holds config.json, tokenizer.json, training.json, metrics.jsonl, train.log
 #           and model.safetensors, in 15 MiB parts when larger than the 16 MiB a returned file
 #           may be: cat model.safetensors.part* > model.safetensors, then it loads with

@@ -10,6 +10,8 @@ Public API (imported lazily, so ``sparse-lens --help`` and config parsing stay c
 - :class:`Trainer`, :class:`Callback`, :class:`TrainResult`, :class:`TrainingDiverged`
   (``sparse_lens.train.trainer``), :func:`train_from_config` (``sparse_lens.train.runner``)
 - :func:`heldout_loss` (any model on the trainer's held-out windows, ``sparse_lens.train.heldout``)
+- :func:`export_token_set`, :func:`load_token_set` (a corpus's token streams to train from
+  elsewhere, ``sparse_lens.train.token_set``)
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ _EXPORTS = {
     "train_from_config": "runner",
     "heldout_loss": "heldout",
     "HeldoutLoss": "heldout",
+    "export_token_set": "token_set",
+    "load_token_set": "token_set",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -31,6 +31,8 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 PRESETS_DIR = Path(__file__).parent / "presets"
+#: Values of TrainConfig.precision ("bf16" autocasts the training forward to bfloat16).
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass
@@ -85,6 +87,14 @@ class TrainConfig:
     """"auto" (CUDA if available, else CPU), "cpu", "cuda", "cuda:1", ..."""
     threads: int = 0
     """CPU threads for torch (0: torch's default). On a busy shared CPU, 1 can be much faster."""
+    tokens: str = ""
+    """A token set written by ``scripts/export_tokens.py`` (train and held-out streams, their
+    tokenizer and corpus identity) to train from instead of reading ``corpus``."""
+    precision: str = "fp32"
+    """Training forward/backward: "fp32", or "bf16" (autocast; weights, Adam state, projection
+    and held-out evaluation stay fp32)."""
+    compile: bool = False
+    """``torch.compile`` the training forward (the saved model and evaluation are unaffected)."""
 
     def __post_init__(self) -> None:
         for name, value in _checked_values(dataclasses.asdict(self)).items():
@@ -132,6 +142,16 @@ class TrainConfig:
         if not 0.0 <= self.heldout_fraction < 1.0:
             raise SparseLensError(
                 f"must be in [0, 1), got {self.heldout_fraction}", field="heldout_fraction"
+            )
+        if self.precision not in PRECISIONS:
+            raise SparseLensError(
+                f"must be one of {list(PRECISIONS)}, got {self.precision!r}", field="precision"
+            )
+        if self.tokens and (self.corpus or self.tokenizer):
+            raise SparseLensError(
+                "a token set brings its own corpus split and tokenizer; drop "
+                + ("corpus" if self.corpus else "tokenizer"),
+                field="tokens",
             )
 
     @property

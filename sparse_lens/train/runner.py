@@ -5,7 +5,8 @@ is one, reads the corpus and tokenizer, builds the model and hands everything to
 :class:`~sparse_lens.train.trainer.Trainer`. With ``resume=True`` the architecture and recipe come
 from the checkpoint (explicit overrides still apply, e.g. more steps; a preset or config given
 again must describe the same architecture), and the tokenizer is the checkpoint's own, so the
-resumed run sees exactly the same token ids.
+resumed run sees exactly the same token ids. With ``train.tokens`` set the data come from that
+token set (:mod:`~sparse_lens.train.token_set`) instead of the corpus.
 """
 
 from __future__ import annotations
@@ -41,11 +42,14 @@ def train_from_config(
     overrides: Sequence[str] = (),
     callbacks: Sequence[Callback] = (),
     progress: bool = True,
+    max_minutes: float | None = None,
 ) -> TrainResult:
     """Train the model ``run`` describes into ``out_dir`` (or continue it with ``resume``).
 
     ``run`` may be None when resuming: the checkpoint's own config is used. ``overrides`` are
     ``key=value`` strings applied last (see :func:`~sparse_lens.train.config.apply_overrides`).
+    ``max_minutes`` stops the training loop in time to checkpoint within that many minutes of
+    wall time (a resumable, unfinished run; see :class:`~sparse_lens.train.trainer.Trainer`).
     """
     import torch
 
@@ -53,6 +57,7 @@ def train_from_config(
     from sparse_lens.model import SparseTransformer
     from sparse_lens.train.data import load_train_data
     from sparse_lens.train.distributed import barrier, init_distributed, shutdown_distributed
+    from sparse_lens.train.token_set import load_token_set
 
     out_dir = Path(out_dir)
     tokenizer = None
@@ -71,6 +76,8 @@ def train_from_config(
         )
     if overrides:
         run = apply_overrides(run, list(overrides))
+    if max_minutes is not None and max_minutes <= 0:
+        raise SparseLensError(f"must be positive, got {max_minutes}", field="max-minutes")
 
     if run.train.threads:
         torch.set_num_threads(run.train.threads)
@@ -78,14 +85,19 @@ def train_from_config(
     try:
         if env.distributed and env.rank != 0:
             barrier(env)  # rank 0 trains the tokenizer and tokenizes the corpus first
-        data = load_train_data(
-            run.train.corpus,
-            run.train.vocab_size,
-            run.train.seed,
-            heldout_fraction=run.train.heldout_fraction,
-            tokenizer=tokenizer if tokenizer is not None else (run.train.tokenizer or None),
-            progress=progress and env.is_main,
-        )
+        if run.train.tokens:  # its tokenizer must be the checkpoint's: Trainer checks hashes
+            data = load_token_set(
+                run.train.tokens, run.train.seed, heldout_fraction=run.train.heldout_fraction
+            )
+        else:
+            data = load_train_data(
+                run.train.corpus,
+                run.train.vocab_size,
+                run.train.seed,
+                heldout_fraction=run.train.heldout_fraction,
+                tokenizer=tokenizer if tokenizer is not None else (run.train.tokenizer or None),
+                progress=progress and env.is_main,
+            )
         if env.distributed and env.rank == 0:
             barrier(env)
         if env.is_main and progress:
@@ -105,6 +117,7 @@ def train_from_config(
             resume=resume,
             progress=progress,
             run_info={"source": run.source},
+            time_limit_s=None if max_minutes is None else 60.0 * max_minutes,
         )
         return trainer.train()
     finally:

@@ -15,7 +15,15 @@ Robustness: held-out loss every ``eval_interval`` steps; a checkpoint every
 the loop saves after the current step and returns); a NaN/inf loss stops the run before the
 optimizer touches the weights, keeping the last good checkpoint. Because batches are pure
 functions of (seed, step) and the checkpoint holds the full optimizer and RNG state, a resumed
-run on CPU ends with exactly the weights of an uninterrupted one.
+run on CPU ends with exactly the weights of an uninterrupted one. With a time limit
+(``time_limit_s``, the CLI's ``--max-minutes``) the loop stops while the next step, a held-out
+evaluation and a checkpoint still fit in it, evaluates, saves, and leaves a resumable run
+(training.json ``finished: false``).
+
+Speed options, all off by default: ``precision = "bf16"`` autocasts the training forward (and so
+its backward) to bfloat16 while weights, Adam state, the projection and held-out evaluation stay
+fp32, so held-out losses compare across precisions; ``compile = true`` runs the training forward
+through ``torch.compile`` (the model that is evaluated and saved is the plain one).
 """
 
 from __future__ import annotations
@@ -86,6 +94,8 @@ class TrainResult:
     heldout_loss: float | None
     wall_time: float
     interrupted: bool = False
+    time_limited: bool = False
+    """Stopped by the time limit (then also ``interrupted`` unless the last step was reached)."""
     rank: int = 0
     """This process's rank (only rank 0 reports)."""
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -97,6 +107,7 @@ class Trainer:
 
     ``resume=True`` restores the checkpoint in ``out_dir`` before training continues.
     ``run_info`` is extra provenance recorded in training.json (e.g. the run config source).
+    ``time_limit_s`` bounds this call's ``train()`` in wall-clock seconds (see the module doc).
     """
 
     def __init__(
@@ -111,6 +122,7 @@ class Trainer:
         resume: bool = False,
         progress: bool = True,
         run_info: dict[str, Any] | None = None,
+        time_limit_s: float | None = None,
     ):
         from sparse_lens.model import sparse_targets
 
@@ -123,6 +135,9 @@ class Trainer:
         self.resume = resume
         self.progress = progress
         self.run_info = dict(run_info or {})
+        if time_limit_s is not None and time_limit_s <= 0:
+            raise SparseLensError(f"must be positive, got {time_limit_s}", field="time_limit_s")
+        self.time_limit_s = time_limit_s
         self.n_ctx = int(model.cfg.n_ctx)
         if train_cfg.batch_size % self.env.world_size:
             raise SparseLensError(
@@ -161,6 +176,7 @@ class Trainer:
             self.ddp = nn.parallel.DistributedDataParallel(
                 model, device_ids=device_ids, **{sync: False}
             )
+        self.train_forward = torch.compile(self.ddp) if train_cfg.compile else self.ddp
         self.step = 0
         self.tokens_seen = 0
         self.elapsed = 0.0
@@ -170,6 +186,8 @@ class Trainer:
         self.timers = {"step": 0.0, "projection": 0.0}
         self._stop_signal: int | None = None
         self._last_checkpoint = -1
+        # Durations of the latest evaluation and save: what the time guard reserves for them.
+        self._latest_s = {"eval": 0.0, "save": 0.0}
 
     # ------------------------------------------------------------------ public API
     @property
@@ -206,8 +224,10 @@ class Trainer:
             disable=not (self.progress and self.env.is_main),
             dynamic_ncols=True,
         )
-        interrupted = False
-        window_start, window_tokens = time.perf_counter(), 0
+        interrupted = time_limited = False
+        call_start = time.perf_counter()
+        window_start, window_tokens = call_start, 0
+        last_check = call_start  # the time guard's: one loop iteration is what the next costs
         run_start = time.perf_counter() - self.elapsed
         tokens_per_s = 0.0
         try:
@@ -235,7 +255,16 @@ class Trainer:
                     tok_s=f"{tokens_per_s:,.0f}",
                     refresh=False,
                 )
-                stop = any_rank(self.env, self._stop_signal is not None)
+                now = time.perf_counter()
+                iteration, last_check = now - last_check, now
+                time_limited = self.time_limit_s is not None and any_rank(
+                    self.env, self._out_of_time(now - call_start, iteration)
+                )
+                if time_limited:
+                    self._log({"step": done, "stopped": "time limit", "limit_s": self.time_limit_s})
+                    if not self.history or self.history[-1]["step"] != done:
+                        self.evaluate_and_log()  # the unfinished run's last held-out loss
+                stop = time_limited or any_rank(self.env, self._stop_signal is not None)
                 if stop or done % self.cfg.checkpoint_interval == 0 or done == self.cfg.steps:
                     self.save()
                 if stop:
@@ -252,6 +281,7 @@ class Trainer:
             heldout_loss=self.heldout_loss,
             wall_time=self.elapsed,
             interrupted=interrupted,
+            time_limited=time_limited,
             rank=self.env.rank,
             history=list(self.history),
         )
@@ -280,7 +310,9 @@ class Trainer:
         return total / max(count, 1.0)
 
     def evaluate_and_log(self) -> float:
+        started = time.perf_counter()
         loss = self.evaluate()
+        self._latest_s["eval"] = time.perf_counter() - started
         self.heldout_loss = loss
         self.history.append({"step": self.step, "heldout_loss": loss})
         self._log({"step": self.step, "heldout_loss": loss, "tokens": self.tokens_seen})
@@ -292,6 +324,7 @@ class Trainer:
         """Checkpoint into ``out_dir`` (rank 0 writes; all ranks wait for it)."""
         if self._last_checkpoint == self.step:
             return
+        started = time.perf_counter()
         self._check_ranks_agree()
         if self.env.is_main:
             save_checkpoint(
@@ -304,6 +337,7 @@ class Trainer:
             )
         barrier(self.env)
         self._last_checkpoint = self.step
+        self._latest_s["save"] = time.perf_counter() - started
         for callback in self.callbacks:
             callback.on_checkpoint(self, self.step)
 
@@ -356,7 +390,10 @@ class Trainer:
         tokens = self.data.batch(
             step, self.cfg.batch_size, self.n_ctx, self.env.rank, self.env.world_size
         )
-        loss = self.ddp(tokens.to(self.env.device), return_type="loss")
+        with torch.autocast(
+            self.env.device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16"
+        ):
+            loss = self.train_forward(tokens.to(self.env.device), return_type="loss")
         (mean_loss,) = all_reduce_sum(self.env, [float(loss.detach())])
         mean_loss /= self.env.world_size
         if not math.isfinite(mean_loss):
@@ -388,6 +425,12 @@ class Trainer:
             "tokens": self.tokens_seen,
             "projection_s": projection,
         }
+
+    def _out_of_time(self, elapsed: float, iteration: float) -> bool:
+        """Whether another loop iteration, then an evaluation and a save, might overrun the time
+        limit (the iteration counted twice: iterations vary)."""
+        reserve = 2 * iteration + self._latest_s["eval"] + self._latest_s["save"]
+        return elapsed + reserve > self.time_limit_s
 
     def _diverged(self, step: int, value: float, what: str = "loss") -> None:
         kept = (

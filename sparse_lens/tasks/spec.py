@@ -1,7 +1,7 @@
 """Task files: parse and validate one declarative TOML file per task.
 
-A task file says, in data, everything needed to build contrast pairs (see ``defs/*.toml`` for
-twenty worked examples)::
+A task file says, in data, everything needed to build contrast pairs (see the repository's
+``tasks/*.toml`` for twenty worked examples)::
 
     name = "single_double_quote"            # must equal the file name (without .toml)
     description = "Close a string with the quote that opened it."

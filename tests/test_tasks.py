@@ -349,6 +349,16 @@ def test_a_task_defined_twice_is_one_error_naming_both_files(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "defined twice" in err
     assert str(mine / "var_if.toml") in err and str(BUILTIN_TASKS_DIR / "var_if.toml") in err
+    out = str(tmp_path / "out.html")
+    for command in (  # the folder reaches each command's task lookup, which comes before any work
+        ["demo", "--task", "var_if", "--out", out],
+        ["report", "stdlib-sparse", "--task", "var_if", "--out", out],
+        ["compare", "stdlib-sparse", "stdlib-dense", "--tasks", "var_if"],
+        ["eval", "stdlib-sparse", "--task", "var_if"],
+    ):
+        assert main([*command, "--tasks-dir", str(mine)]) == 2, command
+        assert "defined twice" in capsys.readouterr().err
+    assert not Path(out).exists()
 
     first, second = _user_tasks(tmp_path / "a"), _user_tasks(tmp_path / "b")
     with pytest.raises(SparseLensError) as info:

@@ -2,8 +2,8 @@
 
 pyproject.toml lists the packages by hand (the top-level tasks/ folder installs as the package
 ``sparse_lens.tasks.defs``), so a new package directory must be added there; the first test
-says which. The slow test builds a real wheel from the checkout's files, installs it in a fresh
-virtual environment and lists the tasks from outside the checkout.
+says which. The others build a real wheel from the checkout's files (and an editable install of them),
+install it in a fresh virtual environment and list the tasks from outside the checkout.
 """
 
 from __future__ import annotations
@@ -55,21 +55,60 @@ def _checkout_files() -> list[str]:
     return [f for f in listed.decode().split("\0") if f and (ROOT / f).is_file()]
 
 
-def test_wheel_ships_the_task_files_and_installs_them(tmp_path):
-    files = _checkout_files()
-    source = tmp_path / "source"  # a copy, so the build leaves no build/ in the checkout
+def _copy_checkout(files: list[str], target: Path) -> Path:
+    """A copy of the checkout, so a build leaves no build/ or egg-info in the real one."""
     for name in files:
-        target = source / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes((ROOT / name).read_bytes())
+        (target / name).parent.mkdir(parents=True, exist_ok=True)
+        (target / name).write_bytes((ROOT / name).read_bytes())
+    return target
+
+
+def _env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(OMP_NUM_THREADS="1", PIP_NO_INDEX="1")
+    return env
+
+
+def _fresh_venv_with(tmp_path: Path, *install: str) -> Path:
+    """A new virtual environment (dependencies from this one) with ``pip install *install``."""
+    venv = tmp_path / "venv"
+    subprocess.run(
+        [sys.executable, "-m", "venv", "--without-pip", "--system-site-packages", str(venv)],
+        check=True,
+    )
+    python = venv / "bin" / "python"
+    subprocess.run(
+        [str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation"]
+        + ["--ignore-installed", *install],
+        check=True,
+        env=_env(),
+        capture_output=True,
+    )
+    return python
+
+
+def _run_outside(tmp_path: Path, python: Path, *args: str) -> str:
+    """stdout of ``python *args`` run from a folder outside any checkout."""
+    outside = tmp_path / "elsewhere"
+    outside.mkdir(exist_ok=True)
+    run = subprocess.run(
+        [str(python), *args], cwd=outside, check=True, env=_env(), capture_output=True, text=True
+    )
+    return run.stdout
+
+
+WHERE = "import sparse_lens.tasks as t; print(t.BUILTIN_TASKS_DIR)"
+
+
+def test_wheel_ships_the_task_files_and_installs_them(tmp_path):
+    files = _checkout_files()
+    source = _copy_checkout(files, tmp_path / "source")
     wheels = tmp_path / "wheels"
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
         + ["-w", str(wheels), str(source)],
         check=True,
-        env=env,
+        env=_env(),
         capture_output=True,
     )
     (wheel,) = wheels.glob("sparse_lens-*.whl")
@@ -86,37 +125,19 @@ def test_wheel_ships_the_task_files_and_installs_them(tmp_path):
     package = {f for f in files if f.startswith("sparse_lens/")}
     assert package - shipped == set()
 
-    # installed in a fresh environment (dependencies from this one), run from elsewhere
-    venv = tmp_path / "venv"
-    subprocess.run(
-        [sys.executable, "-m", "venv", "--without-pip", "--system-site-packages", str(venv)],
-        check=True,
+    python = _fresh_venv_with(tmp_path, str(wheel))
+    site = _run_outside(
+        tmp_path, python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"
     )
-    python = venv / "bin" / "python"
-    subprocess.run(
-        [str(python), "-m", "pip", "install", "-q", "--no-deps", "--ignore-installed"]
-        + [str(wheel)],
-        check=True,
-        env=env,
-        capture_output=True,
-    )
-    outside = tmp_path / "elsewhere"
-    outside.mkdir()
-    run = subprocess.run(
-        [str(python), "-c", "import sparse_lens.tasks as t; print(t.BUILTIN_TASKS_DIR)"],
-        cwd=outside,
-        check=True,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    assert Path(run.stdout.strip()).is_relative_to(venv)
-    listed = subprocess.run(
-        [str(python), "-m", "sparse_lens", "tasks", "list"],
-        cwd=outside,
-        check=True,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    assert f"\n{N_TASKS} tasks" in listed.stdout
+    where = Path(_run_outside(tmp_path, python, "-c", WHERE).strip())
+    assert where == Path(site.strip()) / "sparse_lens" / "tasks" / "defs"
+    listed = _run_outside(tmp_path, python, "-m", "sparse_lens", "tasks", "list")
+    assert f"\n{N_TASKS} tasks" in listed
+
+
+def test_editable_install_reads_the_checkouts_tasks_folder(tmp_path):
+    source = _copy_checkout(_checkout_files(), tmp_path / "source")
+    python = _fresh_venv_with(tmp_path, "-e", str(source))
+    assert Path(_run_outside(tmp_path, python, "-c", WHERE).strip()) == source / "tasks"
+    listed = _run_outside(tmp_path, python, "-m", "sparse_lens", "tasks", "list")
+    assert f"\n{N_TASKS} tasks" in listed

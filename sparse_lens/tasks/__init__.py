@@ -73,6 +73,7 @@ __all__ = [
     "task_names",
 ]
 
+
 def task_names(tasks_dir: TasksDirs = None) -> list[str]:
     """Names of the available tasks (built-in plus ``tasks_dir``), sorted."""
     return sorted(task_files(tasks_dir))

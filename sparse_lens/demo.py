@@ -44,6 +44,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sparse_lens.tasks.files import TasksDirs
+
 DEFAULT_MODEL = "stdlib-sparse"
 DEFAULT_TASK = "single_double_quote"
 DEFAULT_OUT = "sparse-lens-demo.html"
@@ -366,6 +368,7 @@ def run_demo(
     heldout_windows: int = 32,
     corpus: list[str] | None = None,
     mean_tokens: int = 65_536,
+    tasks_dir: TasksDirs = None,
     progress: bool = True,
     stream: Any = None,
 ) -> DemoResult:
@@ -388,6 +391,7 @@ def run_demo(
         corpus: corpus for the mean cache and held-out windows (default: the model's training
             corpus from its ``training.json``, else the standard library).
         mean_tokens: tokens the mean cache averages over (when it has to be computed).
+        tasks_dir: folder(s) of extra task files where ``task`` may be defined.
         progress: stage lines and progress bars on ``stream`` (default stderr).
 
     Returns:
@@ -403,7 +407,7 @@ def run_demo(
             "n_pairs, n_random and mean_tokens must be >= 1 and heldout_windows >= 0",
             field="n_pairs",
         )
-    spec = get_task(task)  # an unknown task fails before any work
+    spec = get_task(task, tasks_dir)  # an unknown task fails before any work
     answers = (spec.answer_a_text, spec.answer_b_text)
     stage = _Stages(progress, stream)
 

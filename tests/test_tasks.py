@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
+import shutil
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
 
-from sparse_lens.cli import main
+from sparse_lens.cli import build_parser, main
 from sparse_lens.errors import SparseLensError
 from sparse_lens.tasks import (
+    BUILTIN_TASKS_DIR,
     SPLITS,
     evaluate_task,
     generate_pairs,
@@ -51,6 +55,7 @@ SCORED = {
 }
 
 N_PAIRS = 500
+REPO_TASKS = Path(__file__).resolve().parents[1] / "tasks"
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +93,13 @@ def _outside(text: str, spans) -> list[str]:
 
 # ------------------------------------------------------------------------------------------
 # The shipped task files
+
+
+def test_the_twenty_task_files_live_in_the_top_level_tasks_folder():
+    assert {p.stem for p in REPO_TASKS.glob("*.toml")} == PAPER_TASKS
+    assert (REPO_TASKS / "README.md").is_file()
+    assert BUILTIN_TASKS_DIR == REPO_TASKS  # a checkout reads tasks/ itself
+    assert not (REPO_TASKS.parent / "sparse_lens" / "tasks" / "defs").exists()
 
 
 def test_all_twenty_paper_tasks_ship():
@@ -267,25 +279,123 @@ def test_malformed_task_file_names_file_field_and_line(case, tmp_path):
         assert f"line {line}" in str(error)
 
 
-def test_cli_reports_malformed_task_in_one_line(tmp_path, capsys):
-    (tmp_path / "tiny_task.toml").write_text(TINY_TASK.replace("{text}", "{txt}"), encoding="utf-8")
+CLI_MALFORMED = [
+    # (edit of TINY_TASK, what the one line must name besides the file)
+    (lambda s: s.replace("{text}", "{txt}"), ["templates[0]", "txt"]),
+    (lambda s: s.replace('call = ["print", "log"]', 'call = ["print", "log"'), ["invalid TOML", "line 13"]),
+    (lambda s: s.replace("answer_b = \"')\"\n", ""), ["field 'answer_b'", "missing"]),
+    (lambda s: s.replace('description = "A user task: quote style in a call."', "description = 3"), ["field 'description'", "expected a string"]),
+    (lambda s: s.replace("templates = ['''{call}({quote}{text}''']", "templates = '{call}({quote}{text}'"), ["field 'templates'", "expected a list"]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "edit, names", CLI_MALFORMED, ids=["slot", "toml", "missing", "type", "list"]
+)
+def test_cli_reports_malformed_task_in_one_line(edit, names, tmp_path, capsys):
+    path = tmp_path / "tiny_task.toml"
+    path.write_text(edit(TINY_TASK), encoding="utf-8")
     assert main(["tasks", "list", "--tasks-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
-    assert "tiny_task.toml" in err and "templates[0]" in err and "txt" in err
+    assert str(path) in err
+    for name in names:
+        assert name in err, err
+
+
+def _user_tasks(folder: Path, text: str = TINY_TASK) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "tiny_task.toml").write_text(text, encoding="utf-8")
+    return folder
 
 
 def test_user_tasks_dir_adds_tasks(tmp_path, tok, capsys):
-    (tmp_path / "tiny_task.toml").write_text(TINY_TASK, encoding="utf-8")
+    _user_tasks(tmp_path)
     assert set(task_names(tmp_path)) == PAPER_TASKS | {"tiny_task"}
+    assert set(load_tasks(str(tmp_path))) == PAPER_TASKS | {"tiny_task"}
     pairs = generate_pairs(get_task("tiny_task", tmp_path), 1, tokenizer=tok)
     assert len(pairs) == 1
     assert main(["tasks", "list", "--tasks-dir", str(tmp_path)]) == 0
-    assert "tiny_task" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "tiny_task" in out and "21 tasks" in out
+    assert main(["tasks", "show", "tiny_task", "--n", "2", "--tasks-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("tiny_task: A user task") and out.count("=== pair") == 2
     with pytest.raises(SparseLensError, match="unknown task"):
         get_task("tiny_task")
     with pytest.raises(SparseLensError, match="does not exist"):
         task_names(tmp_path / "missing")
+
+
+def test_several_user_task_folders(tmp_path):
+    first = _user_tasks(tmp_path / "a")
+    second = _user_tasks(tmp_path / "b", TINY_TASK.replace('"tiny_task"', '"other_task"'))
+    (second / "tiny_task.toml").rename(second / "other_task.toml")
+    assert set(task_names([first, str(second)])) == PAPER_TASKS | {"tiny_task", "other_task"}
+    assert get_task("other_task", (first, second)).path == str(second / "other_task.toml")
+    # the built-in folder itself, or one folder twice, is no clash
+    assert set(task_names([BUILTIN_TASKS_DIR, first, first])) == PAPER_TASKS | {"tiny_task"}
+
+
+def test_a_task_defined_twice_is_one_error_naming_both_files(tmp_path, capsys):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    shutil.copy(BUILTIN_TASKS_DIR / "var_if.toml", mine / "var_if.toml")
+    with pytest.raises(SparseLensError, match="defined twice") as info:
+        task_names(mine)
+    assert str(mine / "var_if.toml") in str(info.value)
+    assert str(BUILTIN_TASKS_DIR / "var_if.toml") in str(info.value)
+    assert main(["tasks", "show", "var_if", "--tasks-dir", str(mine)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "defined twice" in err
+    assert str(mine / "var_if.toml") in err and str(BUILTIN_TASKS_DIR / "var_if.toml") in err
+    out = str(tmp_path / "out.html")
+    for command in (  # the folder reaches each command's task lookup, which comes before any work
+        ["demo", "--task", "var_if", "--out", out],
+        ["report", "stdlib-sparse", "--task", "var_if", "--out", out],
+        ["compare", "stdlib-sparse", "stdlib-dense", "--tasks", "var_if"],
+        ["eval", "stdlib-sparse", "--task", "var_if"],
+    ):
+        assert main([*command, "--tasks-dir", str(mine)]) == 2, command
+        assert "defined twice" in capsys.readouterr().err
+    assert not Path(out).exists()
+
+    first, second = _user_tasks(tmp_path / "a"), _user_tasks(tmp_path / "b")
+    with pytest.raises(SparseLensError) as info:
+        get_task("tiny_task", [first, second])
+    assert str(first / "tiny_task.toml") in str(info.value)
+    assert str(second / "tiny_task.toml") in str(info.value)
+
+
+def test_every_subcommand_that_takes_a_task_takes_tasks_dir():
+    def subcommands(parser, prefix=()):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    yield prefix + (name,), sub
+                    yield from subcommands(sub, prefix + (name,))
+
+    with_task = set()
+    for path, sub in subcommands(build_parser()):
+        options = {o for a in sub._actions for o in a.option_strings}
+        if options & {"--task", "--tasks"} or path in {("tasks", "show"), ("validate",)}:
+            with_task.add(" ".join(path))
+            assert "--tasks-dir" in options, path
+    assert {"demo", "report", "prune", "validate", "eval", "compare", "tasks show"} <= with_task
+
+
+def test_user_task_evaluated_through_the_api_and_cli(tmp_path, capsys):
+    from sparse_lens import SparseTransformer
+
+    folder = _user_tasks(tmp_path / "mine")
+    model = SparseTransformer.from_pretrained("stdlib-sparse")
+    # the tiny task's four pairs all fall in the train split
+    result = evaluate_task(model, "tiny_task", n_pairs=2, split="train", tasks_dir=[folder])
+    assert result["task"] == "tiny_task" and result["n_prompts"] == 4
+    args = ["eval", "stdlib-sparse", "--task", "tiny_task", "--tasks-dir", str(folder)]
+    assert main([*args, "--n-pairs", "2", "--split", "train"]) == 0
+    out = capsys.readouterr().out
+    assert "tiny_task" in out and f"{result['loss']:.4f}" in out
 
 
 # ------------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from sparse_lens.circuits.ablation import MeanCache, weights_hash
 from sparse_lens.circuits.circuit import Circuit
 from sparse_lens.circuits.pruning import PruneConfig, prune_task
 from sparse_lens.errors import SparseLensError
+from sparse_lens.tasks.files import TasksDirs
 
 
 @dataclass
@@ -61,7 +62,7 @@ def _circuit_for(
     circuits_dir: Path | None,
     model_id: str,
     progress: bool,
-    tasks_dir: str | None,
+    tasks_dir: TasksDirs,
 ) -> tuple[Circuit | None, float]:
     path = None
     if circuits_dir is not None:
@@ -98,7 +99,7 @@ def compare_models(
     circuits_dir: str | Path | None = None,
     sparse_id: str = "sparse",
     dense_id: str = "dense",
-    tasks_dir: str | None = None,
+    tasks_dir: TasksDirs = None,
     progress: bool = True,
 ) -> list[CompareRow]:
     """Prune every task on both models with the same settings; one :class:`CompareRow` each."""

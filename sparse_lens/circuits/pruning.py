@@ -56,6 +56,7 @@ from sparse_lens.circuits.registry import ablation_names
 from sparse_lens.errors import SparseLensError
 from sparse_lens.nodes import node_name, node_sites
 from sparse_lens.tasks.batch import TaskBatch
+from sparse_lens.tasks.files import TasksDirs
 
 DEFAULT_SEARCH = ((1.0, 10.0), (10.0, 10.0), (100.0, 10.0), (300.0, 10.0), (1000.0, 10.0))
 """k_coef climbs 1000x over five warm-started runs: on the shipped model the third run still
@@ -597,7 +598,7 @@ def task_pairs(
     *,
     seed: int,
     split: str,
-    tasks_dir: str | None = None,
+    tasks_dir: TasksDirs = None,
     tokenizer=None,
 ) -> TaskBatch:
     """``n_pairs`` pairs of a named (or loaded) task from ``split``, tokenised for ``model``."""
@@ -622,7 +623,7 @@ def task_batches(
     task,
     config: PruneConfig,
     *,
-    tasks_dir: str | None = None,
+    tasks_dir: TasksDirs = None,
     tokenizer=None,
     split: str = "validation",
 ) -> tuple[TaskBatch, TaskBatch]:
@@ -640,7 +641,7 @@ def prune_task(
     *,
     config: PruneConfig | None = None,
     cache: MeanCache | None = None,
-    tasks_dir: str | None = None,
+    tasks_dir: TasksDirs = None,
     tokenizer=None,
     model_id: str = "",
     progress: bool = True,

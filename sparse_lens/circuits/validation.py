@@ -41,6 +41,7 @@ from sparse_lens.circuits.pruning import (
 )
 from sparse_lens.nodes import node_sites
 from sparse_lens.tasks.batch import TaskBatch
+from sparse_lens.tasks.files import TasksDirs
 
 LOSS_KEYS = (
     "circuit_only_loss",
@@ -213,7 +214,7 @@ def validate_circuit(
     *,
     n_pairs: int = 64,
     split: str = "test",
-    tasks_dir: str | None = None,
+    tasks_dir: TasksDirs = None,
     shuffled: bool = True,
     **kwargs: Any,
 ) -> dict[str, Any]:

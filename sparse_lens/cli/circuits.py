@@ -20,6 +20,8 @@ import json
 import sys
 from pathlib import Path
 
+from sparse_lens.cli.options import add_tasks_dir
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from sparse_lens.circuits.registry import ablation_names
@@ -34,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "the circuit as JSON.",
     )
     prune.add_argument("model", help="model directory or shipped model name")
-    prune.add_argument("--task", required=True, help="task name (see the tasks package)")
+    prune.add_argument("--task", required=True, help="task name (see `sparse-lens tasks list`)")
     _pruning_options(prune, modes)
     prune.add_argument(
         "--out", required=True, metavar="CIRCUIT.json", help="where to write the circuit"
@@ -115,7 +117,7 @@ def _pruning_options(parser: argparse.ArgumentParser, modes: list[str]) -> None:
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--tasks-dir", metavar="DIR", help="extra task files")
+    add_tasks_dir(parser)
     parser.add_argument(
         "--corpus",
         nargs="+",

@@ -1,7 +1,7 @@
 """`sparse-lens demo`: the README's main job, one task circuit from model to report.
 
-    sparse-lens demo [--model NAME_OR_DIR] [--task single_double_quote] [--out sparse-lens-demo.html]
-                     [--reprune] [--no-progress]
+    sparse-lens demo [--model NAME_OR_DIR] [--task single_double_quote] [--tasks-dir DIR]
+                     [--out sparse-lens-demo.html] [--reprune] [--no-progress]
 
 A thin shell over :func:`sparse_lens.demo.run_demo`: the readable account (circuit size, each
 node with a role guess, each edge, the validation losses and a verdict) goes to stdout, stage
@@ -12,6 +12,8 @@ node set does (the account says so and shows the closest one as a miss), 2 for a
 from __future__ import annotations
 
 import argparse
+
+from sparse_lens.cli.options import add_tasks_dir
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -32,6 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help=f"model directory or shipped model name (default {DEFAULT_MODEL})",
     )
     parser.add_argument("--task", default=DEFAULT_TASK, help=f"task name (default {DEFAULT_TASK})")
+    add_tasks_dir(parser)
     parser.add_argument(
         "--out",
         default=DEFAULT_OUT,
@@ -93,6 +96,7 @@ def run_demo_command(args: argparse.Namespace) -> int:
         heldout_windows=args.heldout_windows,
         corpus=args.corpus,
         mean_tokens=args.mean_tokens,
+        tasks_dir=args.tasks_dir,
         progress=not args.no_progress,
     )
     print(format_demo(result), flush=True)

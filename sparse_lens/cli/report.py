@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 
+from sparse_lens.cli.options import add_tasks_dir
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -26,6 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "model", help="a model directory (config.json + model.safetensors) or shipped name"
     )
     parser.add_argument("--task", required=True, help="task name (see `sparse-lens tasks list`)")
+    add_tasks_dir(parser)
     parser.add_argument(
         "--circuit", metavar="CIRCUIT.json", help="the circuit; default: prune one now"
     )
@@ -57,12 +60,16 @@ def run_report(args: argparse.Namespace) -> int:
 
     from sparse_lens.io.checkpoint import model_directory
     from sparse_lens.model import SparseTransformer
+    from sparse_lens.tasks import get_task
     from sparse_lens.viz import write_report
 
+    task = get_task(args.task, args.tasks_dir)  # an unknown task fails before any work
     model = SparseTransformer.from_pretrained(args.model).eval()
     model_dir = model_directory(args.model)  # shipped names too: reuse the shipped mean cache
-    circuit_path = args.circuit or _own_circuit(model_dir, args.task)
-    circuit = _load_circuit(circuit_path, model) if circuit_path else _prune(model, model_dir, args)
+    circuit_path = args.circuit or _own_circuit(model_dir, task.name)
+    circuit = (
+        _load_circuit(circuit_path, model) if circuit_path else _prune(model, model_dir, task, args)
+    )
     validation = args.validation or _beside(circuit_path)
     if validation is not None:
         _check_validation(validation, circuit)
@@ -77,7 +84,7 @@ def run_report(args: argparse.Namespace) -> int:
     path = write_report(
         model,
         circuit,
-        args.task,
+        task,
         validation,
         out_path=args.out,
         examples=args.examples,
@@ -143,14 +150,14 @@ def _load_circuit(path: str, model):
     return Circuit.load(path, model)
 
 
-def _prune(model, model_dir, args: argparse.Namespace):
+def _prune(model, model_dir, task, args: argparse.Namespace):
     """The circuits package's default pruning; a SparseLensError if no circuit meets the target."""
     from sparse_lens.circuits import PruneConfig, mean_cache_for, prune_task
     from sparse_lens.errors import SparseLensError
 
     cache = mean_cache_for(model, model_dir)
     result = prune_task(
-        model, args.task, config=PruneConfig(seed=args.seed), cache=cache, model_id=str(args.model)
+        model, task, config=PruneConfig(seed=args.seed), cache=cache, model_id=str(args.model)
     )
     if result.circuit is None:
         raise SparseLensError(

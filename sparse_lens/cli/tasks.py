@@ -14,6 +14,8 @@ import json
 import sys
 from pathlib import Path
 
+from sparse_lens.cli.options import add_tasks_dir
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     tasks = subparsers.add_parser(
@@ -24,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sub = tasks.add_subparsers(dest="tasks_command", required=True, metavar="{list,show}")
 
     lister = sub.add_parser("list", help="list the tasks", description="List every task.")
-    lister.add_argument("--tasks-dir", help="a folder of extra task files (*.toml)")
+    add_tasks_dir(lister)
     lister.set_defaults(func=run_list)
 
     show = sub.add_parser(
@@ -36,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     show.add_argument("name", help="task name (see `sparse-lens tasks list`)")
     show.add_argument("--n", type=int, default=5, help="number of pairs (default 5)")
     show.add_argument("--model", help="a model directory: show its probabilities")
-    show.add_argument("--tasks-dir", help="a folder of extra task files (*.toml)")
+    add_tasks_dir(show)
     show.add_argument("--seed", type=int, default=0, help="which pairs to draw (default 0)")
     show.add_argument("--split", default="train", help="train, validation or test (default train)")
     show.set_defaults(func=run_show)
@@ -55,7 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument("--n-pairs", type=int, default=64, help="pairs per task (default 64)")
     ev.add_argument("--seed", type=int, default=0, help="which pairs to draw (default 0)")
     ev.add_argument("--split", default="test", help="train, validation or test (default test)")
-    ev.add_argument("--tasks-dir", help="a folder of extra task files (*.toml)")
+    add_tasks_dir(ev)
     ev.add_argument(
         "--batch-size", type=int, default=64, help="prompts per forward pass (default 64)"
     )

@@ -29,6 +29,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from sparse_lens.errors import SparseLensError
+from sparse_lens.tasks.files import TasksDirs
 from sparse_lens.tasks.generate import PairSet, Prompt
 
 if TYPE_CHECKING:
@@ -225,7 +226,7 @@ def evaluate_task(
     seed: int = 0,
     split: str = "test",
     *,
-    tasks_dir: str | None = None,
+    tasks_dir: TasksDirs = None,
     batch_size: int = 64,
     tokenizer=None,
 ) -> dict:

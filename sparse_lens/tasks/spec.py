@@ -1,7 +1,7 @@
 """Task files: parse and validate one declarative TOML file per task.
 
-A task file says, in data, everything needed to build contrast pairs (see ``defs/*.toml`` for
-twenty worked examples)::
+A task file says, in data, everything needed to build contrast pairs (see the repository's
+``tasks/*.toml`` for twenty worked examples)::
 
     name = "single_double_quote"            # must equal the file name (without .toml)
     description = "Close a string with the quote that opened it."
@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from sparse_lens.errors import SparseLensError
+from sparse_lens.schema import Reader, matches
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -217,41 +218,60 @@ class _Locator:
         return None
 
 
-class _Checker:
-    def __init__(self, path: Path, source: str):
-        self.path = path
-        self.locator = _Locator(source)
+class _TaskReader(Reader):
+    """The schema :class:`~sparse_lens.schema.Reader`, with each error's line in the file."""
 
-    def fail(self, field: str, message: str, needle: str | None = None) -> SparseLensError:
+    def __init__(self, data: Any, source: Path, locator: _Locator, where: str = ""):
+        self.locator = locator
+        super().__init__(data, source, where)
+
+    def fail(self, key: str, message: str, needle: str | None = None) -> SparseLensError:
+        field = self.field_name(key)
         line = self.locator.line(field, needle)
         where = f"line {line}: " if line is not None else ""
-        error = SparseLensError(where + message, path=self.path, field=field)
+        error = SparseLensError(where + message, path=self.source, field=field)
         error.line = line  # type: ignore[attr-defined]
         return error
 
-    def string(self, data: dict, key: str, where: str, *, required: bool = True) -> str | None:
-        if key not in data:
-            if required:
-                raise self.fail(where, "is missing (every task file needs it)")
-            return None
-        value = data[key]
-        if not isinstance(value, str):
-            raise self.fail(where, f"must be a string, got {type(value).__name__}")
-        return value
+    def child(self, key: str, *default: Any) -> _TaskReader:
+        return _TaskReader(
+            self.mapping(key, *default), Path(self.source), self.locator, self.field_name(key)
+        )
 
-    def template(self, text: str, where: str) -> Template:
+    def refuse_unknown(self, allowed: set[str]) -> None:
+        """Refuse keys outside ``allowed`` before any other check (a typo reads better so)."""
+        unknown = sorted(set(self.data) - allowed)
+        if unknown:
+            raise self.fail(unknown[0], f"unknown field (allowed: {', '.join(sorted(allowed))})")
+
+    def template(self, key: str, text: str) -> Template:
         try:
             return parse_template(text)
         except ValueError as error:
-            raise self.fail(where, str(error), needle=text) from None
+            raise self.fail(key, str(error), needle=text) from None
 
-    def string_list(self, value: Any, where: str) -> list[str]:
-        if not isinstance(value, list) or not value:
-            raise self.fail(where, "must be a non-empty array of strings")
-        for i, item in enumerate(value):  # repeats are fine: they weight a value
+    def strings(self, key: str) -> list[str]:
+        """A non-empty array of strings (repeats are fine: they weight a value)."""
+        values = self.array(key)
+        if not values:
+            raise self.fail(key, "must be a non-empty array of strings")
+        for i, item in enumerate(values):
             if not isinstance(item, str):
-                raise self.fail(f"{where}[{i}]", f"must be a string, got {type(item).__name__}")
-        return value
+                raise self.fail(f"{key}[{i}]", f"must be a string, got {type(item).__name__}")
+        return values
+
+    def templates(self, key: str) -> tuple[list[str], tuple[Template, ...]]:
+        """(texts, parsed templates) of a non-empty array of template strings."""
+        texts = self.strings(key)
+        return texts, tuple(self.template(f"{key}[{i}]", t) for i, t in enumerate(texts))
+
+    def groups(self, key: str) -> list[list[str]]:
+        """An array of arrays of at least two slot names (``distinct``, ``linked``)."""
+        groups = self.array(key, [])
+        for i, group in enumerate(groups):
+            if not (isinstance(group, list) and len(group) >= 2 and matches(group, list[str])):
+                raise self.fail(f"{key}[{i}]", "must be an array of at least two slot names")
+        return groups
 
 
 # --------------------------------------------------------------------------------------------
@@ -276,95 +296,78 @@ def load_task(path: str | Path) -> Task:
 
 
 def _build(path: Path, source: str, data: dict) -> Task:
-    c = _Checker(path, source)
-    unknown = sorted(set(data) - _TOP_KEYS)
-    if unknown:
-        raise c.fail(unknown[0], f"unknown field (allowed: {', '.join(sorted(_TOP_KEYS))})")
+    r = _TaskReader(data, path, _Locator(source))
+    r.refuse_unknown(_TOP_KEYS)
 
-    name = c.string(data, "name", "name")
-    assert name is not None
+    name = r.text("name")
     if not _TASK_NAME_RE.match(name):
-        raise c.fail("name", f"{name!r} is not a task name (lowercase letters, digits, '_')")
+        raise r.fail("name", f"{name!r} is not a task name (lowercase letters, digits, '_')")
     if name != path.stem:
-        raise c.fail("name", f"{name!r} must match the file name {path.stem!r}")
-    description = c.string(data, "description", "description")
-    assert description is not None
+        raise r.fail("name", f"{name!r} must match the file name {path.stem!r}")
+    description = r.text("description")
     if not description.strip() or "\n" in description.strip():
-        raise c.fail("description", "must be one non-empty line")
-    notes = c.string(data, "notes", "notes", required=False) or ""
+        raise r.fail("description", "must be one non-empty line")
+    notes = r.text("notes", "")
 
     # slots
-    raw_slots = data.get("slots", {})
-    if not isinstance(raw_slots, dict):
-        raise c.fail("slots", "must be a table of slot name = [values]")
+    raw_slots = r.child("slots", {})
     slot_texts: dict[str, tuple[str, ...]] = {}
     slots: dict[str, tuple[Template, ...]] = {}
-    for slot, values in raw_slots.items():
-        where = f"slots.{slot}"
-        misplaced = slot in _REQUIRED_KEYS or not (
-            isinstance(values, list) and all(isinstance(v, str) for v in values)
-        )
+    for slot, values in raw_slots.data.items():
+        misplaced = slot in _REQUIRED_KEYS or not matches(values, list[str])
         if slot in _TOP_KEYS and slot not in data and misplaced:
-            raise c.fail(
-                where,
+            raise raw_slots.fail(
+                slot,
                 f"{slot!r} landed inside [slots]: in TOML, top-level keys must come before "
                 "the first [table] header; move it up",
             )
         if not _NAME_RE.match(slot):
-            raise c.fail(where, f"slot name {slot!r} is not an identifier")
-        texts = c.string_list(values, where)
-        slot_texts[slot] = tuple(texts)
-        slots[slot] = tuple(c.template(t, f"{where}[{i}]") for i, t in enumerate(texts))
+            raise raw_slots.fail(slot, f"slot name {slot!r} is not an identifier")
+        texts, parsed = raw_slots.templates(slot)
+        slot_texts[slot], slots[slot] = tuple(texts), parsed
 
     # contrast
-    raw_contrast = data.get("contrast")
-    if not isinstance(raw_contrast, dict) or not raw_contrast:
-        raise c.fail(
+    if not r.mapping("contrast", {}):
+        raise r.fail(
             "contrast",
             "is missing: declare where a pair differs with a [contrast.SLOT] table "
             "holding `a = [...]` and `b = [...]` (or `values = [...]`)",
         )
+    raw_contrast = r.child("contrast")
     contrast: dict[str, Contrast] = {}
-    for slot, spec in raw_contrast.items():
-        where = f"contrast.{slot}"
+    for slot in raw_contrast.data:
         if not _NAME_RE.match(slot):
-            raise c.fail(where, f"slot name {slot!r} is not an identifier")
+            raise raw_contrast.fail(slot, f"slot name {slot!r} is not an identifier")
         if slot in slots:
-            raise c.fail(where, f"slot {slot!r} is also in [slots]; a slot is shared or contrasted")
-        if not isinstance(spec, dict):
-            raise c.fail(where, "must be a table with `a` and `b` (or `values`)")
-        keys = set(spec)
+            raise raw_contrast.fail(
+                slot, f"slot {slot!r} is also in [slots]; a slot is shared or contrasted"
+            )
+        spec = raw_contrast.child(slot)
+        keys = set(spec.data)
         if keys == {"values"}:
-            texts = c.string_list(spec["values"], f"{where}.values")
+            texts, parsed = spec.templates("values")
             if len(texts) < 2:
-                raise c.fail(f"{where}.values", "needs at least two values to contrast")
-            parsed = tuple(c.template(t, f"{where}.values[{i}]") for i, t in enumerate(texts))
+                raise spec.fail("values", "needs at least two values to contrast")
             contrast[slot] = Contrast(slot, parsed, parsed, tuple(texts), tuple(texts), True)
         elif keys == {"a", "b"}:
-            a_texts = c.string_list(spec["a"], f"{where}.a")
-            b_texts = c.string_list(spec["b"], f"{where}.b")
-            a = tuple(c.template(t, f"{where}.a[{i}]") for i, t in enumerate(a_texts))
-            b = tuple(c.template(t, f"{where}.b[{i}]") for i, t in enumerate(b_texts))
+            a_texts, a = spec.templates("a")
+            b_texts, b = spec.templates("b")
             contrast[slot] = Contrast(slot, a, b, tuple(a_texts), tuple(b_texts), False)
         else:
-            raise c.fail(where, f"must have exactly `a` and `b`, or `values` (got {sorted(keys)})")
+            raise raw_contrast.fail(
+                slot, f"must have exactly `a` and `b`, or `values` (got {sorted(keys)})"
+            )
 
     # answers and templates
     answers = []
     for key in ("answer_a", "answer_b"):
-        text = c.string(data, key, key)
-        assert text is not None
+        text = r.text(key)
         if not text:
-            raise c.fail(
+            raise r.fail(
                 key, "must not be empty (it is the continuation whose first token is scored)"
             )
-        answers.append((text, c.template(text, key)))
-
-    raw_templates = data.get("templates")
-    if raw_templates is None:
-        raise c.fail("templates", "is missing (every task file needs it)")
-    template_texts = c.string_list(raw_templates, "templates")
-    templates = tuple(c.template(t, f"templates[{i}]") for i, t in enumerate(template_texts))
+        answers.append((text, r.template(key, text)))
+    template_texts, templates = r.templates("templates")
 
     # references resolve, no cycles, every template reaches a contrast slot
     known = set(slots) | set(contrast)
@@ -374,7 +377,7 @@ def _build(path: Path, source: str, data: dict) -> Task:
         refs = _refs(template)
         missing = sorted(refs - known)
         if missing:
-            raise c.fail(
+            raise r.fail(
                 where,
                 f"uses unknown slot {{{missing[0]}}} (known: {', '.join(sorted(known)) or 'none'})",
                 needle="{" + missing[0] + "}",
@@ -393,7 +396,7 @@ def _build(path: Path, source: str, data: dict) -> Task:
                 refs = check_refs(t, f"contrast.{slot}.{side_key}[{i}]")
                 nested = sorted(refs & set(contrast))
                 if nested:
-                    raise c.fail(
+                    raise r.fail(
                         f"contrast.{slot}.{side_key}[{i}]",
                         f"a contrast value may not use another contrast slot {{{nested[0]}}}",
                         needle=text,
@@ -403,7 +406,7 @@ def _build(path: Path, source: str, data: dict) -> Task:
     if cycle:
         first = cycle[0]
         table = "contrast" if first in contrast else "slots"
-        raise c.fail(
+        raise r.fail(
             f"{table}.{first}", "slots refer to each other in a cycle: " + " -> ".join(cycle)
         )
 
@@ -416,7 +419,7 @@ def _build(path: Path, source: str, data: dict) -> Task:
         for ref in refs:
             reached |= closure[ref]
         if not reached & set(contrast):
-            raise c.fail(
+            raise r.fail(
                 f"templates[{i}]",
                 f"uses no contrast slot ({', '.join(sorted(contrast))}), so its two prompts "
                 "would be identical",
@@ -424,46 +427,28 @@ def _build(path: Path, source: str, data: dict) -> Task:
             )
 
     # distinct groups
-    raw_distinct = data.get("distinct", [])
-    if not isinstance(raw_distinct, list):
-        raise c.fail("distinct", "must be an array of arrays of slot names")
     distinct = []
-    for i, group in enumerate(raw_distinct):
-        if (
-            not isinstance(group, list)
-            or len(group) < 2
-            or not all(isinstance(g, str) for g in group)
-        ):
-            raise c.fail(f"distinct[{i}]", "must be an array of at least two slot names")
+    for i, group in enumerate(r.groups("distinct")):
         for g in group:
             if g not in known:
-                raise c.fail(f"distinct[{i}]", f"names unknown slot {g!r}", needle=g)
+                raise r.fail(f"distinct[{i}]", f"names unknown slot {g!r}", needle=g)
         distinct.append(tuple(group))
 
     # linked groups: shared slots of equal length that draw one index together
-    raw_linked = data.get("linked", [])
-    if not isinstance(raw_linked, list):
-        raise c.fail("linked", "must be an array of arrays of slot names")
     links: dict[str, str] = {}
     order = list(slots)
-    for i, group in enumerate(raw_linked):
-        if (
-            not isinstance(group, list)
-            or len(group) < 2
-            or not all(isinstance(g, str) for g in group)
-        ):
-            raise c.fail(f"linked[{i}]", "must be an array of at least two slot names")
+    for i, group in enumerate(r.groups("linked")):
         for g in group:
             if g not in slots:
                 why = "is a contrast slot" if g in contrast else "is not in [slots]"
-                raise c.fail(
+                raise r.fail(
                     f"linked[{i}]", f"slot {g!r} {why}; only shared slots can be linked", needle=g
                 )
             if g in links:
-                raise c.fail(f"linked[{i}]", f"slot {g!r} is in two linked groups", needle=g)
+                raise r.fail(f"linked[{i}]", f"slot {g!r} is in two linked groups", needle=g)
         sizes = {g: len(slots[g]) for g in group}
         if len(set(sizes.values())) != 1:
-            raise c.fail(f"linked[{i}]", f"linked slots need equally many values, got {sizes}")
+            raise r.fail(f"linked[{i}]", f"linked slots need equally many values, got {sizes}")
         leader = min(group, key=order.index)
         links.update({g: leader for g in group})
 

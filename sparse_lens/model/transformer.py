@@ -30,6 +30,7 @@ from sparse_lens.config import SparseConfig
 from sparse_lens.errors import SparseLensError
 from sparse_lens.model.block import TransformerBlock
 from sparse_lens.model.components import BigramTable, Embed, PosEmbed, RMSNorm, Unembed
+from sparse_lens.model.graph import logits_from_resid
 
 ReturnType = Literal["logits", "loss", "both"] | None
 ModelInput = str | list[str] | Int[Tensor, "batch pos"]
@@ -175,14 +176,12 @@ class SparseTransformer(HookedRootModule):
         if stop_at_layer is not None:
             return resid
 
-        logits = self.unembed(self.ln_final(resid))
-        if self.cfg.bigram_table != "off":
-            if tokens is None:
-                raise SparseLensError(
-                    "this model has a bigram table, so it needs `tokens=` when starting mid-model",
-                    field="tokens",
-                )
-            logits = logits + self.bigram(tokens)
+        if self.cfg.bigram_table != "off" and tokens is None:
+            raise SparseLensError(
+                "this model has a bigram table, so it needs `tokens=` when starting mid-model",
+                field="tokens",
+            )
+        logits = logits_from_resid(self, resid, tokens)
         if return_type == "logits":
             return logits
         if return_type is None:

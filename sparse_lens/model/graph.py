@@ -70,11 +70,15 @@ class Site:
     present: Callable[[SparseConfig], bool] = _always
     """Whether a model with this config has the site."""
 
-    def hook(self, layer: int) -> str:
+    def hook(self, layer: int | str) -> str:
+        """The hook's full name in ``layer`` (or a placeholder such as ``"{i}"``)."""
         return f"blocks.{layer}.{self.name}"
 
     def channel_shape(self, cfg: SparseConfig) -> tuple[int, ...]:
         return tuple(getattr(cfg, field) for field in self.shape)
+
+    def width(self, cfg: SparseConfig) -> int:
+        return math.prod(self.channel_shape(cfg))
 
 
 SITES: tuple[Site, ...] = (
@@ -199,10 +203,8 @@ def node_sites(cfg: SparseConfig) -> list[NodeSite]:
     for layer in range(cfg.n_layers):
         for site in SITES:
             if site.present(cfg):
-                shape = site.channel_shape(cfg)
-                sites.append(
-                    NodeSite(site.hook(layer), site.type, layer, math.prod(shape), shape, site.io)
-                )
+                shape, width = site.channel_shape(cfg), site.width(cfg)
+                sites.append(NodeSite(site.hook(layer), site.type, layer, width, shape, site.io))
     return sites
 
 

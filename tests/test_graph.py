@@ -115,6 +115,7 @@ def test_from_matrix_inverts_to_matrix():
     for block in model.blocks:
         for weight in WEIGHTS:
             stored = block.get_parameter(weight.param)
+            assert stored.shape == tuple(getattr(model.cfg, f) for f in weight.shape)
             assert torch.equal(weight.from_matrix(weight.matrix(block), model.cfg), stored)
 
 

@@ -137,8 +137,9 @@ class Weight:
     src: str
     dst: str
     """Names (:attr:`Site.name`) of the site it reads from and the site it writes to."""
-    layout: str
-    """The stored shape, TransformerLens layout."""
+    shape: tuple[str, ...]
+    """Config fields giving the stored shape (TransformerLens layout), e.g. W_Q's
+    ("n_heads", "d_in", "d_head")."""
     to_matrix: Callable[[Tensor], Tensor]
     """The stored tensor as the edge matrix [src width, dst width] (a view where possible)."""
     from_matrix: Callable[[Tensor, SparseConfig], Tensor]
@@ -162,17 +163,17 @@ class Weight:
 
 
 WEIGHTS: tuple[Weight, ...] = (
-    Weight("attn.W_Q", "attn.hook_read", "attn.hook_q", "[head, d_in, d_head]",
+    Weight("attn.W_Q", "attn.hook_read", "attn.hook_q", ("n_heads", "d_in", "d_head"),
            _heads_in, _heads_in_from, "dst", "attn.c_attn.weight"),
-    Weight("attn.W_K", "attn.hook_read", "attn.hook_k", "[head, d_in, d_head]",
+    Weight("attn.W_K", "attn.hook_read", "attn.hook_k", ("n_heads", "d_in", "d_head"),
            _heads_in, _heads_in_from, "dst", "attn.c_attn.weight"),
-    Weight("attn.W_V", "attn.hook_read", "attn.hook_v", "[head, d_in, d_head]",
+    Weight("attn.W_V", "attn.hook_read", "attn.hook_v", ("n_heads", "d_in", "d_head"),
            _heads_in, _heads_in_from, "dst", "attn.c_attn.weight"),
-    Weight("attn.W_O", "attn.hook_v", "hook_attn_out", "[head, d_head, d_model]",
+    Weight("attn.W_O", "attn.hook_v", "hook_attn_out", ("n_heads", "d_head", "d_model"),
            _heads_out, _heads_out_from, "dst", "attn.c_proj.weight"),
-    Weight("mlp.W_in", "mlp.hook_read", "mlp.hook_post", "[d_in, d_mlp]",
+    Weight("mlp.W_in", "mlp.hook_read", "mlp.hook_post", ("d_in", "d_mlp"),
            _same, _same_from, "dst", "mlp.c_fc.weight"),
-    Weight("mlp.W_out", "mlp.hook_post", "hook_mlp_out", "[d_mlp, d_model]",
+    Weight("mlp.W_out", "mlp.hook_post", "hook_mlp_out", ("d_mlp", "d_model"),
            _same, _same_from, "src", "mlp.c_proj.weight"),
 )  # fmt: skip
 """Every weight joining two node sites, in the order edges are listed. W_O joins v to the

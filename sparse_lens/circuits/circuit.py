@@ -2,13 +2,9 @@
 
 A circuit is nodes (``(hook, index)`` pairs, :mod:`sparse_lens.nodes`) plus how they were found
 and how well they do. Its edges are never an independent record: they are the nonzero weights
-joining two kept nodes inside one sublayer, computed from the model when the circuit is built
-(:func:`circuit_edges`)::
-
-    attn_read -> q / k / v    W_Q / W_K / W_V [head, d_in, d_head]   (flat q index = head*d_head+c)
-    v -> attn_write           W_O [head, d_head, d_model]
-    mlp_read -> neuron        W_in [d_in, d_mlp]
-    neuron -> mlp_write       W_out [d_mlp, d_model]
+joining two kept nodes inside one sublayer (the weights of
+:data:`sparse_lens.model.graph.WEIGHTS`), computed from the model when the circuit is built
+(:func:`circuit_edges`).
 
 The JSON carries them (with their weights) for tools that have no model, and loading a circuit
 against a model (:meth:`Circuit.check_model`) recomputes them and refuses a file whose weights
@@ -35,6 +31,7 @@ from torch import Tensor, nn
 from sparse_lens.circuits.ablation import Ablation, weights_hash
 from sparse_lens.circuits.masks import Hooks, keep_hooks
 from sparse_lens.errors import SparseLensError
+from sparse_lens.model.graph import edge_matrices, io_weights
 from sparse_lens.nodes import check_node, node_name, node_sites, site_by_hook
 
 FORMAT_VERSION = 1
@@ -364,11 +361,10 @@ def circuit_edges(model: nn.Module, nodes: Iterable[tuple[str, int]]) -> list[Ci
     for hook, index in nodes:
         kept.setdefault(hook, []).append(int(index))
     edges: list[CircuitEdge] = []
-
-    def connect(src_hook: str, dst_hook: str, matrix: Tensor) -> None:
+    for src_hook, dst_hook, matrix in edge_matrices(model):
         src, dst = sorted(set(kept.get(src_hook, []))), sorted(set(kept.get(dst_hook, [])))
         if not src or not dst:
-            return
+            continue
         sub = matrix.detach()[src][:, dst].cpu()
         for i, j in sub.nonzero().tolist():
             edges.append(
@@ -376,43 +372,19 @@ def circuit_edges(model: nn.Module, nodes: Iterable[tuple[str, int]]) -> list[Ci
                     node_name(src_hook, src[i]), node_name(dst_hook, dst[j]), float(sub[i, j])
                 )
             )
-
-    cfg = model.cfg
-    for layer, block in enumerate(model.blocks):
-        b = f"blocks.{layer}."
-        attn, mlp = block.attn, block.mlp
-        for kind, weight in (("q", attn.W_Q), ("k", attn.W_K), ("v", attn.W_V)):
-            # [head, d_in, d_head] -> [d_in, head * d_head]: column head*d_head + c, as the flat index
-            connect(
-                b + "attn.hook_read",
-                b + f"attn.hook_{kind}",
-                weight.permute(1, 0, 2).reshape(cfg.d_in, -1),
-            )
-        connect(b + "attn.hook_v", b + "hook_attn_out", attn.W_O.reshape(-1, cfg.d_model))
-        connect(b + "mlp.hook_read", b + "mlp.hook_post", mlp.W_in)
-        connect(b + "mlp.hook_post", b + "hook_mlp_out", mlp.W_out)
     return edges
 
 
 def io_connections(model: nn.Module, nodes: list[CircuitNode]) -> list[IOConnection]:
-    """Embedding -> read channels and write channels -> unembedding of the kept nodes."""
-    cfg = model.cfg
+    """Embedding -> read channels and write channels -> unembedding of the kept nodes
+    (:func:`sparse_lens.model.graph.io_weights`)."""
+    sites = site_by_hook(model.cfg)
     out = []
     for node in nodes:
-        if node.type in ("attn_read", "mlp_read"):
-            if node.index < cfg.d_model:
-                sources = [("embed.W_E", model.W_E[:, node.index])]
-                if cfg.positional_embedding_type == "standard":
-                    sources.append(("pos_embed.W_pos", model.W_pos[:, node.index]))
-            else:  # a concatenated position channel
-                sources = [("pos_embed.W_pos", model.W_pos[:, node.index - cfg.d_model])]
-            for name, column in sources:
-                out.append(
-                    IOConnection(name, node.name, int(column.count_nonzero()), _norm(column))
-                )
-        elif node.type in ("attn_write", "mlp_write"):
-            row = model.W_U[node.index]
-            out.append(IOConnection(node.name, "unembed.W_U", int(row.count_nonzero()), _norm(row)))
+        site = sites[node.hook]
+        for name, vector in io_weights(model, site, node.index):
+            src, dst = (name, node.name) if site.io == "embed" else (node.name, name)
+            out.append(IOConnection(src, dst, int(vector.count_nonzero()), _norm(vector)))
     return out
 
 

@@ -2,10 +2,11 @@
 
 Pruning runs hundreds of forward/backward passes, and a task is scored at ONE position per
 prompt on TWO vocabulary entries. :func:`answer_logits` therefore runs the blocks
-(``stop_at_layer=n_layers``), then the final norm at each prompt's last position only, and
-dots it with just the two answer columns of ``W_U`` (plus ``b_U`` and the bigram table's
-entries). That skips a [batch, pos, d_vocab] unembedding that is most of a small model's cost;
-a test checks it equals :func:`sparse_lens.tasks.task_loss` on the full logits.
+(``stop_at_layer=n_layers``), then the model's head
+(:func:`sparse_lens.model.graph.logits_from_resid`) at each prompt's last position only, on
+just the two answer entries. That skips a [batch, pos, d_vocab] unembedding that is most of a
+small model's cost; tests check it equals the forward pass's logits there and
+:func:`sparse_lens.tasks.task_loss` on the full logits.
 
 The loss is the tasks package's: per prompt, binary cross-entropy over the two answers,
 ``softplus(logit_wrong - logit_correct)``, averaged over prompts (half the paper's pair sum).
@@ -27,6 +28,7 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
+from sparse_lens.model.graph import logits_from_resid
 from sparse_lens.tasks.batch import TaskBatch
 
 Hooks = Sequence[tuple[str, Callable]]
@@ -40,11 +42,9 @@ def answer_logits(model: nn.Module, batch: TaskBatch) -> Float[Tensor, "batch 2"
     ids = batch.answer_ids.to(device)
     resid = model(tokens, stop_at_layer=model.cfg.n_layers)
     rows = torch.arange(len(batch), device=device)
-    x = model.ln_final(resid[rows, last_pos][:, None, :])[:, 0]  # [batch, d_model]
-    logits = torch.einsum("bd,dbk->bk", x, model.W_U[:, ids]) + model.b_U[ids]
-    if model.cfg.bigram_table != "off":
-        logits = logits + model.bigram.W_bigram[tokens[rows, last_pos][:, None], ids]
-    return logits
+    # one position per prompt, kept as a pos dim of 1 so ln_final's hooks see [batch, pos, ...]
+    last = (resid[rows, last_pos][:, None], tokens[rows, last_pos][:, None], ids[:, None])
+    return logits_from_resid(model, *last)[:, 0]
 
 
 def binary_loss(

@@ -42,14 +42,15 @@ def _import(args: argparse.Namespace) -> int:
     import torch
 
     from sparse_lens.io.openai import import_openai
+    from sparse_lens.model import sparse_targets
 
     model = import_openai(args.src, args.dst, tokenizer_dir=args.tokenizer_dir)
     cfg = model.cfg
     nonzero = total = 0
-    for name, param in model.named_parameters():
-        if name.rsplit(".", 1)[-1] in ("W_Q", "W_K", "W_V", "W_O", "W_in", "W_out"):
-            nonzero += int(torch.count_nonzero(param))
-            total += param.numel()
+    for target in sparse_targets(model):
+        if target.kind == "matrix":  # the weights joining node sites
+            nonzero += int(torch.count_nonzero(target.param))
+            total += target.param.numel()
     density = f"{nonzero / total:.2%}" if total else "n/a"
     tokenizer = "yes" if model.tokenizer is not None else "no (token ids only)"
     print(

@@ -19,8 +19,10 @@ Why it is built this way
   the sizes (block_size, vocab_size, n_layer, n_head, d_model), which must be present.
 * **Load without unpickling code.** ``torch.load(weights_only=True)`` only; a file that needs
   more is refused, never executed.
-* **One place per difference.** The config mapping and the tensor mapping below are two flat
-  tables; the model itself has no OpenAI-specific code.
+* **One place per difference.** The config mapping and the tensor mapping below are flat
+  tables (the names of the node sites and of the weights joining them are columns of the
+  graph table, :mod:`sparse_lens.model.graph`); the model's forward pass has no
+  OpenAI-specific code.
 
 Config mapping (theirs -> ours)
 -------------------------------
@@ -44,49 +46,42 @@ inference), and with the second the fixed sinusoids are still stored in ``wpe``.
 
 Tensor mapping (theirs -> ours; H heads, dh = d_head, d_in = d_model (+ d_pos_emb))
 -----------------------------------------------------------------------------------
+The six weight matrices joining node sites (W_Q, W_K, W_V, W_O, W_in, W_out) come from the
+graph table, :data:`sparse_lens.model.graph.WEIGHTS`: its ``openai`` column names their Linear
+weight in ``transformer.h.{i}.``, which is our edge matrix transposed; q, k and v are the three
+consecutive H*dh row slices of ``c_attn``, head-major. The other tensors:
+
 =========================================  ===========================================
 transformer.wte.weight [V, d]              embed.W_E [V, d]
 transformer.wpe.weight [n_ctx, d | dp]     pos_embed.W_pos
 transformer.h.{i}.ln_1 / ln_2.weight       blocks.{i}.ln1.w / ln2.w
 transformer.h.{i}.ln_p1 / ln_p2.weight     blocks.{i}.ln_p1.w / ln_p2.w   (concat positions)
-h.{i}.attn.c_attn.weight [3 H dh, d_in]    blocks.{i}.attn.W_Q / W_K / W_V [H, d_in, dh]
 h.{i}.attn.c_attn.bias [3 H dh]            blocks.{i}.attn.b_Q / b_K / b_V [H, dh]
-h.{i}.attn.c_proj.weight [d, H dh], bias   blocks.{i}.attn.W_O [H, dh, d], b_O [d]
+h.{i}.attn.c_proj.bias [d]                 blocks.{i}.attn.b_O [d]
 h.{i}.attn.attn_imp.sink_logit [H]         blocks.{i}.attn.sink_logit [H]
-h.{i}.mlp.c_fc.weight [d_mlp, d_in], bias  blocks.{i}.mlp.W_in [d_in, d_mlp], b_in
-h.{i}.mlp.c_proj.weight [d, d_mlp], bias   blocks.{i}.mlp.W_out [d_mlp, d], b_out
+h.{i}.mlp.c_fc.bias / c_proj.bias          blocks.{i}.mlp.b_in [d_mlp] / b_out [d]
 transformer.ln_f.weight                    ln_final.w
 lm_head.weight [V, d] (no bias)            unembed.W_U [d, V] (tied: W_E itself)
 final_logits_bias [V] (missing: zeros)     unembed.b_U [V] (buffer)
 bigram_table [V, V]                        bigram.W_bigram [V, V]
 =========================================  ===========================================
 
-q, k and v are the three consecutive H*dh slices of c_attn's output, head-major. Their
-``transformer.h.{i}.attn.bias`` (the causal-mask buffer of the non-flash path) is dropped;
+Their ``transformer.h.{i}.attn.bias`` (the causal-mask buffer of the non-flash path) is dropped;
 ``_orig_mod.`` / ``module.`` prefixes (torch.compile, DDP) are stripped; sparse or half-precision
 tensors are made dense float32.
 
 Hook names (theirs -> ours): :data:`OPENAI_HOOK_NAMES`
 ------------------------------------------------------
-=========================  ================================  ==========================
-their hook                 our hook                          shape difference
-=========================  ================================  ==========================
-{i}.resid_in               blocks.{i}.hook_resid_pre
-{i}.attn.act_in            blocks.{i}.attn.hook_read         [B, T, d_in] both
-{i}.attn.q / k / v         blocks.{i}.attn.hook_q / k / v    theirs [B, T, H*dh] flat,
-                                                             ours [B, T, H, dh]
-{i}.attn.y                 blocks.{i}.attn.hook_z            same as q/k/v
-{i}.attn.resid_delta       blocks.{i}.hook_attn_out
-{i}.resid_mid              blocks.{i}.hook_resid_mid
-{i}.mlp.act_in             blocks.{i}.mlp.hook_read          [B, T, d_in] both
-{i}.mlp.post_act           blocks.{i}.mlp.hook_post
-{i}.mlp.resid_delta        blocks.{i}.hook_mlp_out
-final_resid                blocks.{n_layers-1}.hook_resid_post
-=========================  ================================  ==========================
-
-Flat indices agree: their channel ``h * dh + j`` is our ``[h, j]`` (``ours.flatten(-2)``).
-Their ``{i+1}.resid_in`` is also our ``blocks.{i}.hook_resid_post``. Use
-:func:`openai_hook_name` to turn a concrete name of theirs into ours.
+Every node site's name in their code is the graph table's ``openai`` column
+(:data:`sparse_lens.model.graph.SITES`: e.g. ``{i}.attn.act_in`` is our
+``blocks.{i}.attn.hook_read``, ``{i}.mlp.post_act`` our ``blocks.{i}.mlp.hook_post``). Three
+more are not node sites: ``{i}.resid_in`` is our ``blocks.{i}.hook_resid_pre``, ``{i}.attn.y``
+our ``blocks.{i}.attn.hook_z`` and ``final_resid`` our ``blocks.{n_layers-1}.hook_resid_post``.
+Their q / k / v and y are [B, T, H*dh] where ours are [B, T, H, dh]
+(:data:`OPENAI_FLAT_HEAD_HOOKS`); flat indices agree: their channel ``h * dh + j`` is our
+``[h, j]`` (``ours.flatten(-2)``). Their ``{i+1}.resid_in`` is also our
+``blocks.{i}.hook_resid_post``. Use :func:`openai_hook_name` to turn a concrete name of theirs
+into ours.
 
 Tokenizer
 ---------
@@ -113,6 +108,7 @@ from torch import Tensor
 from sparse_lens.config import ABSTOPK_LOCATIONS, SparseConfig
 from sparse_lens.errors import SparseLensError
 from sparse_lens.io.checkpoint import load_state
+from sparse_lens.model.graph import SITES, WEIGHTS, Weight
 from sparse_lens.model.transformer import EOT, SparseTransformer
 
 CONFIG_FILE = "beeg_config.json"
@@ -200,22 +196,18 @@ RMS_NORM_EPS = torch.finfo(torch.float32).eps
 
 OPENAI_HOOK_NAMES: dict[str, str] = {
     "{i}.resid_in": "blocks.{i}.hook_resid_pre",
-    "{i}.attn.act_in": "blocks.{i}.attn.hook_read",
-    "{i}.attn.q": "blocks.{i}.attn.hook_q",
-    "{i}.attn.k": "blocks.{i}.attn.hook_k",
-    "{i}.attn.v": "blocks.{i}.attn.hook_v",
+    **{"{i}." + site.openai: site.hook("{i}") for site in SITES if site.openai is not None},
     "{i}.attn.y": "blocks.{i}.attn.hook_z",
-    "{i}.attn.resid_delta": "blocks.{i}.hook_attn_out",
-    "{i}.resid_mid": "blocks.{i}.hook_resid_mid",
-    "{i}.mlp.act_in": "blocks.{i}.mlp.hook_read",
-    "{i}.mlp.post_act": "blocks.{i}.mlp.hook_post",
-    "{i}.mlp.resid_delta": "blocks.{i}.hook_mlp_out",
     "final_resid": "blocks.{last}.hook_resid_post",
 }
-"""Their hook-name templates -> ours. ``{i}`` is the layer, ``{last}`` is n_layers - 1. Fill
-them in with :func:`openai_hook_name`."""
+"""Their hook-name templates -> ours: the node sites' (graph table's ``openai`` column) and
+three more. ``{i}`` is the layer, ``{last}`` is n_layers - 1. Fill them in with
+:func:`openai_hook_name`."""
 
-OPENAI_FLAT_HEAD_HOOKS = frozenset({"{i}.attn.q", "{i}.attn.k", "{i}.attn.v", "{i}.attn.y"})
+OPENAI_FLAT_HEAD_HOOKS = frozenset(
+    {"{i}." + site.openai for site in SITES if site.openai and len(site.shape) == 2}
+    | {"{i}.attn.y"}
+)
 """Their hooks that are [batch, pos, H*dh] where ours are [batch, pos, H, dh]."""
 
 _LAYER_HOOK = re.compile(r"^(\d+)\.(.+)$")
@@ -414,14 +406,7 @@ def convert_openai_state_dict(
     Missing, unexpected and misshapen tensors are errors naming them (shapes are those implied
     by beeg_config.json). ``final_logits_bias`` may be missing (zeros).
     """
-    h, dh, d, d_in, d_mlp, V = (
-        cfg.n_heads,
-        cfg.d_head,
-        cfg.d_model,
-        cfg.d_in,
-        cfg.d_mlp,
-        cfg.d_vocab,
-    )
+    h, dh, d, d_mlp, V = cfg.n_heads, cfg.d_head, cfg.d_model, cfg.d_mlp, cfg.d_vocab
     concat = cfg.positional_embedding_type == "concat"
     # our name -> (their name, expected shape of theirs, conversion)
     table: dict[str, tuple[str, tuple[int, ...], Any]] = {}
@@ -429,6 +414,7 @@ def convert_openai_state_dict(
     def put(ours: str, theirs: str, shape: tuple[int, ...], fn: Any = None) -> None:
         table[ours] = (theirs, shape, fn)
 
+    edge_slices = _edge_weight_slices(cfg)
     put("embed.W_E", "transformer.wte.weight", (V, d))
     put("pos_embed.W_pos", "transformer.wpe.weight", (cfg.n_ctx, cfg.d_pos))
     for i in range(cfg.n_layers):
@@ -438,29 +424,23 @@ def convert_openai_state_dict(
         if concat:
             put(ours + "ln_p1.w", theirs + "ln_p1.weight", (cfg.d_pos_emb,))
             put(ours + "ln_p2.w", theirs + "ln_p2.weight", (cfg.d_pos_emb,))
-        for j, name in enumerate("QKV"):  # q, k, v: consecutive [H*dh] slices, head-major
+        for weight, (rows, start, stop, fan) in edge_slices.items():
             put(
-                ours + f"attn.W_{name}",
-                theirs + "attn.c_attn.weight",
-                (3 * h * dh, d_in),
-                lambda w, j=j: w[j * h * dh : (j + 1) * h * dh].view(h, dh, d_in).transpose(1, 2),
+                ours + weight.param,
+                theirs + weight.openai,
+                (rows, fan),
+                lambda w, weight=weight, start=start, stop=stop: weight.from_matrix(
+                    w[start:stop].T, cfg
+                ),
             )
-            if cfg.use_bias:
+        if cfg.use_bias:
+            for j, name in enumerate("QKV"):  # q, k, v: consecutive [H*dh] slices, head-major
                 put(
                     ours + f"attn.b_{name}",
                     theirs + "attn.c_attn.bias",
                     (3 * h * dh,),
                     lambda b, j=j: b[j * h * dh : (j + 1) * h * dh].view(h, dh),
                 )
-        put(
-            ours + "attn.W_O",
-            theirs + "attn.c_proj.weight",
-            (d, h * dh),
-            lambda w: w.T.reshape(h, dh, d),
-        )
-        put(ours + "mlp.W_in", theirs + "mlp.c_fc.weight", (d_mlp, d_in), lambda w: w.T)
-        put(ours + "mlp.W_out", theirs + "mlp.c_proj.weight", (d, d_mlp), lambda w: w.T)
-        if cfg.use_bias:
             put(ours + "attn.b_O", theirs + "attn.c_proj.bias", (d,))
             put(ours + "mlp.b_in", theirs + "mlp.c_fc.bias", (d_mlp,))
             put(ours + "mlp.b_out", theirs + "mlp.c_proj.bias", (d,))
@@ -514,6 +494,23 @@ def convert_openai_state_dict(
     return {
         ours: (fn(state[theirs]) if fn is not None else state[theirs]).contiguous()
         for ours, (theirs, _, fn) in table.items()
+    }
+
+
+def _edge_weight_slices(cfg: SparseConfig) -> dict[Weight, tuple[int, int, int, int]]:
+    """Where each weight of the graph table lies in their Linear weight: (rows of their
+    tensor, first row, end row, in features). Their [out, in] slice is our edge matrix
+    transposed; weights sharing a tensor are consecutive row slices in table order."""
+    width = {site.name: site.width(cfg) for site in SITES}
+    rows: dict[str, int] = {}
+    slices: dict[Weight, tuple[int, int]] = {}
+    for weight in WEIGHTS:
+        start = rows.get(weight.openai, 0)
+        rows[weight.openai] = start + width[weight.dst]
+        slices[weight] = (start, rows[weight.openai])
+    return {
+        weight: (rows[weight.openai], start, stop, width[weight.src])
+        for weight, (start, stop) in slices.items()
     }
 
 

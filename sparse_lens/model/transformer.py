@@ -30,6 +30,7 @@ from sparse_lens.config import SparseConfig
 from sparse_lens.errors import SparseLensError
 from sparse_lens.model.block import TransformerBlock
 from sparse_lens.model.components import BigramTable, Embed, PosEmbed, RMSNorm, Unembed
+from sparse_lens.model.graph import logits_from_resid
 
 ReturnType = Literal["logits", "loss", "both"] | None
 ModelInput = str | list[str] | Int[Tensor, "batch pos"]
@@ -39,33 +40,34 @@ EOT = "<|endoftext|>"
 class SparseTransformer(HookedRootModule):
     """A (weight-)sparse decoder-only transformer with TransformerLens hooks and weight names.
 
-    Hook table (the paper's node sites are marked; shapes without the batch dim drop ``batch``):
+    Hook table (shapes without the batch dim drop ``batch``). Which hooks are the paper's node
+    sites, their node types and widths, the weights joining them and their OpenAI names are the
+    graph table's: :mod:`sparse_lens.model.graph`.
 
-    ==========================================  ====================  ==============  ======================
-    hook name                                   shape                 paper node      OpenAI hook name
-    ==========================================  ====================  ==============  ======================
-    hook_embed                                  [batch, pos, d_model]                 (inside resid_in of 0)
-    hook_pos_embed                              [batch, pos, d_pos]                   -
-    blocks.{l}.hook_resid_pre                   [batch, pos, d_model]                 {l}.resid_in
-    blocks.{l}.ln1.hook_scale / hook_normalized [batch, pos, 1] / [.., d_model]       -
-    blocks.{l}.attn.hook_read                   [batch, pos, d_in]    attn read       {l}.attn.act_in
-    blocks.{l}.attn.hook_q / hook_k / hook_v    [batch, pos, head, d_head]  q/k/v ch. {l}.attn.q / k / v
-    blocks.{l}.attn.hook_attn_scores / pattern  [batch, head, q, k]                   -
-    blocks.{l}.attn.hook_z                      [batch, pos, head, d_head]            {l}.attn.y
-    blocks.{l}.hook_attn_out                    [batch, pos, d_model] attn write      {l}.attn.resid_delta
-    blocks.{l}.hook_resid_mid                   [batch, pos, d_model] (resid node*)   {l}.resid_mid
-    blocks.{l}.ln2.hook_scale / hook_normalized [batch, pos, 1] / [.., d_model]       -
-    blocks.{l}.mlp.hook_read                    [batch, pos, d_in]    MLP read        {l}.mlp.act_in
-    blocks.{l}.mlp.hook_pre                     [batch, pos, d_mlp]                   -
-    blocks.{l}.mlp.hook_post                    [batch, pos, d_mlp]   neuron          {l}.mlp.post_act
-    blocks.{l}.hook_mlp_out                     [batch, pos, d_model] MLP write       {l}.mlp.resid_delta
-    blocks.{l}.hook_resid_post                  [batch, pos, d_model] (resid node*)   {l+1}.resid_in
-    ln_final.hook_scale / hook_normalized       [batch, pos, 1] / [.., d_model]       (after final_resid)
-    bigram.hook_logits                          [batch, pos, d_vocab]                 -
-    ==========================================  ====================  ==============  ======================
+    ==========================================  ==================================
+    hook name                                   shape
+    ==========================================  ==================================
+    hook_embed                                  [batch, pos, d_model]
+    hook_pos_embed                              [batch, pos, d_pos]
+    blocks.{l}.hook_resid_pre                   [batch, pos, d_model]
+    blocks.{l}.ln1.hook_scale / hook_normalized [batch, pos, 1] / [.., d_model]
+    blocks.{l}.attn.hook_read                   [batch, pos, d_in]
+    blocks.{l}.attn.hook_q / hook_k / hook_v    [batch, pos, head, d_head]
+    blocks.{l}.attn.hook_attn_scores / pattern  [batch, head, q, k]
+    blocks.{l}.attn.hook_z                      [batch, pos, head, d_head]
+    blocks.{l}.hook_attn_out                    [batch, pos, d_model]
+    blocks.{l}.hook_resid_mid                   [batch, pos, d_model]
+    blocks.{l}.ln2.hook_scale / hook_normalized [batch, pos, 1] / [.., d_model]
+    blocks.{l}.mlp.hook_read                    [batch, pos, d_in]
+    blocks.{l}.mlp.hook_pre                     [batch, pos, d_mlp]
+    blocks.{l}.mlp.hook_post                    [batch, pos, d_mlp]
+    blocks.{l}.hook_mlp_out                     [batch, pos, d_model]
+    blocks.{l}.hook_resid_post                  [batch, pos, d_model]
+    ln_final.hook_scale / hook_normalized       [batch, pos, 1] / [.., d_model]
+    bigram.hook_logits                          [batch, pos, d_vocab]
+    ==========================================  ==================================
 
-    (*) residual nodes only when resid_post_attn / resid_post_mlp AbsTopK is on. d_in = d_model
-    (+ d_pos_emb with concatenated positions). q/k/v node indices are flat over (head, d_head).
+    d_in = d_model (+ d_pos_emb with concatenated positions).
     """
 
     def __init__(self, cfg: SparseConfig, tokenizer: Tokenizer | None = None, seed: int | None = None):
@@ -175,14 +177,12 @@ class SparseTransformer(HookedRootModule):
         if stop_at_layer is not None:
             return resid
 
-        logits = self.unembed(self.ln_final(resid))
-        if self.cfg.bigram_table != "off":
-            if tokens is None:
-                raise SparseLensError(
-                    "this model has a bigram table, so it needs `tokens=` when starting mid-model",
-                    field="tokens",
-                )
-            logits = logits + self.bigram(tokens)
+        if self.cfg.bigram_table != "off" and tokens is None:
+            raise SparseLensError(
+                "this model has a bigram table, so it needs `tokens=` when starting mid-model",
+                field="tokens",
+            )
+        logits = logits_from_resid(self, resid, tokens)
         if return_type == "logits":
             return logits
         if return_type is None:

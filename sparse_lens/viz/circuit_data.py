@@ -12,29 +12,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sparse_lens.errors import SparseLensError
+from sparse_lens.model.graph import parse_site_hook
 from sparse_lens.nodes import NODE_TYPES, node_name, parse_node_name
-
-# Node type of each node site, by the hook's name inside its block (see sparse_lens.nodes).
-HOOK_TYPES = {
-    "attn.hook_read": "attn_read",
-    "attn.hook_q": "q",
-    "attn.hook_k": "k",
-    "attn.hook_v": "v",
-    "hook_attn_out": "attn_write",
-    "hook_resid_mid": "resid",
-    "mlp.hook_read": "mlp_read",
-    "mlp.hook_post": "neuron",
-    "hook_mlp_out": "mlp_write",
-    "hook_resid_post": "resid",
-}
-_BLOCK_HOOK = re.compile(r"^blocks\.(?P<layer>\d+)\.(?P<site>.+)$")
 
 
 @dataclass(frozen=True)
@@ -146,17 +131,18 @@ def _node(item: Any) -> VizNode:
         raise SparseLensError(
             f"cannot read node {item!r}; expected {{hook, index, name, type}}", field="nodes"
         )
-    match = _BLOCK_HOOK.match(hook)
-    if match is None or match["site"] not in HOOK_TYPES:
+    found = parse_site_hook(hook)
+    if found is None:
         raise SparseLensError(
             f"'{hook}' is not a node site (e.g. blocks.0.mlp.hook_post)", field="nodes"
         )
-    node_type = str(given_type) if given_type is not None else HOOK_TYPES[match["site"]]
+    site, layer = found
+    node_type = str(given_type) if given_type is not None else site.type
     if node_type not in NODE_TYPES:
         raise SparseLensError(
             f"unknown node type {node_type!r}; one of {', '.join(NODE_TYPES)}", field="nodes"
         )
-    return VizNode(node_name(hook, index), hook, index, node_type, int(match["layer"]))
+    return VizNode(node_name(hook, index), hook, index, node_type, layer)
 
 
 def _edge(item: Any) -> VizEdge:

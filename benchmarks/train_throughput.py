@@ -90,7 +90,10 @@ def step_flops(cfg, batch: int) -> float:
     """Matmul FLOPs of one training step of the dense model (forward + 2x for backward)."""
     d_attn = cfg.n_heads * cfg.d_head
     per_token = cfg.n_layers * (
-        cfg.d_in * 3 * d_attn + d_attn * cfg.d_model + cfg.d_in * cfg.d_mlp + cfg.d_mlp * cfg.d_model
+        cfg.d_in * 3 * d_attn
+        + d_attn * cfg.d_model
+        + cfg.d_in * cfg.d_mlp
+        + cfg.d_mlp * cfg.d_model
     )
     per_token += cfg.d_model * cfg.d_vocab
     matmul = 2 * per_token * batch * cfg.n_ctx
@@ -101,10 +104,9 @@ def step_flops(cfg, batch: int) -> float:
 
 def worker(args) -> None:
     """Build both trainers, then answer one JSON line per round read from stdin."""
+    import sparse_lens
     from sparse_lens.train.config import apply_overrides, load_preset
     from sparse_lens.train.sparsifier import sparsity_report
-
-    import sparse_lens
 
     run = apply_overrides(load_preset(args.preset), args.overrides)
     threads = args.threads or run.train.threads
@@ -184,18 +186,26 @@ def summarise(name: str, header: dict, rounds: list[dict]) -> dict[str, float]:
         return statistics.median(flops / r[mode] / r["matmul"] for r in rounds)
 
     print(f"[{name}] {header['package']}")
-    print(f"  dense : {d * 1e3:8.1f} ms/step  {tokens / d:10,.0f} tokens/s  "
-          f"{bound('dense'):6.1%} of the FLOP bound")
-    print(f"  sparse: {s * 1e3:8.1f} ms/step  {tokens / s:10,.0f} tokens/s  "
-          f"{bound('sparse'):6.1%} of the FLOP bound")
+    print(
+        f"  dense : {d * 1e3:8.1f} ms/step  {tokens / d:10,.0f} tokens/s  "
+        f"{bound('dense'):6.1%} of the FLOP bound"
+    )
+    print(
+        f"  sparse: {s * 1e3:8.1f} ms/step  {tokens / s:10,.0f} tokens/s  "
+        f"{bound('sparse'):6.1%} of the FLOP bound"
+    )
     print(f"  projection: {p * 1e3:.1f} ms/step = {p / s:.1%} of the sparse step")
     print(f"  sparse / dense step time: {s / d:.3f} (target <= 1.15)")
     print(f"  matmul bound: {peak / 1e9:.0f} GFLOP/s; model {flops / 1e9:.1f} GFLOP/step")
-    print("  nonzero fraction after projection: "
-          + ", ".join(f"{k} {v:.4f}" for k, v in header["nonzero"].items()))
+    print(
+        "  nonzero fraction after projection: "
+        + ", ".join(f"{k} {v:.4f}" for k, v in header["nonzero"].items())
+    )
     steps = header["train_steps"]
-    print(f"  projected wall time for {steps} steps: {steps * s / 3600:.2f} h sparse, "
-          f"{steps * d / 3600:.2f} h dense (without evals / checkpoints)")
+    print(
+        f"  projected wall time for {steps} steps: {steps * s / 3600:.2f} h sparse, "
+        f"{steps * d / 3600:.2f} h dense (without evals / checkpoints)"
+    )
     return {"dense": tokens / d, "sparse": tokens / s}
 
 
@@ -209,8 +219,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=5, help="timed steps per round and mode")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None, help="default: the preset's")
-    parser.add_argument("--baseline", type=Path, default=None,
-                        help="another sparse-lens checkout to compare against")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        help="another sparse-lens checkout to compare against",
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -218,7 +232,12 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     worker_argv = [
-        "--preset", args.preset, "--steps", str(args.steps), "--warmup", str(args.warmup),
+        "--preset",
+        args.preset,
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
         *(["--threads", str(args.threads)] if args.threads else []),
         *(arg for override in args.overrides for arg in ("--set", override)),
     ]
@@ -240,11 +259,13 @@ def main(argv: list[str] | None = None) -> None:
     if "baseline" in rates:
         for mode in ("sparse", "dense"):
             paired = statistics.median(
-                b[mode] / t[mode] for t, b in zip(rounds["this"], rounds["baseline"])
+                b[mode] / t[mode] for t, b in zip(rounds["this"], rounds["baseline"], strict=True)
             )
-            print(f"{mode} tokens/s, this / baseline: "
-                  f"{rates['this'][mode] / rates['baseline'][mode]:.2f}x of the medians, "
-                  f"{paired:.2f}x median of the per-round ratios")
+            print(
+                f"{mode} tokens/s, this / baseline: "
+                f"{rates['this'][mode] / rates['baseline'][mode]:.2f}x of the medians, "
+                f"{paired:.2f}x median of the per-round ratios"
+            )
 
 
 if __name__ == "__main__":

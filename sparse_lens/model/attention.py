@@ -119,12 +119,14 @@ class Attention(nn.Module):
         # explicit mask would force the slow math path: ~7x slower on CPU). A dummy query and the
         # sink key are prepended; an extra head dimension (1 on queries, 0 on real keys,
         # sink_logit / scale on the sink key) makes the sink's score exactly sink_logit; its value
-        # is zero. Row 0 (the dummy query) is dropped.
+        # is zero. Values get the extra (zero) dimension too: the fused kernel needs one head
+        # size for q, k and v (else torch falls back to the math path, 3.4x slower fwd + bwd).
+        # Row 0 (the dummy query) and the extra output dimension are dropped.
         batch, heads, n_pos, d_head = q.shape
         one = q.new_ones(batch, heads, n_pos, 1)
         q = F.pad(torch.cat([q, one], dim=-1), (0, 0, 1, 0))
         sink_key = F.pad((self.sink_logit / scale).view(1, heads, 1, 1), (d_head, 0)).expand(batch, -1, -1, -1)
         k = torch.cat([sink_key, F.pad(k, (0, 1))], dim=2)
-        v = F.pad(v, (0, 0, 1, 0))
+        v = F.pad(v, (0, 1, 1, 0))
         z = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
-        return z[:, :, 1:].transpose(1, 2)
+        return z[:, :, 1:, :d_head].transpose(1, 2)

@@ -20,13 +20,28 @@ def abstopk(x: Float[Tensor, "... width"], k: int) -> Float[Tensor, "... width"]
     """Keep the k entries of largest magnitude along the last dim, zero the rest.
 
     Ties at the threshold are broken by torch.topk (an arbitrary but deterministic choice), so
-    exactly k entries survive per row.
+    exactly k entries survive per row; the gradient flows to those k entries only.
     """
-    width = x.shape[-1]
-    if k >= width:
+    if k >= x.shape[-1]:
         return x
-    _, keep = torch.topk(x.abs(), k, dim=-1, sorted=False)
-    return torch.zeros_like(x).scatter(-1, keep, x.gather(-1, keep))
+    return _AbsTopK.apply(x, k)
+
+
+class _AbsTopK(torch.autograd.Function):
+    """One autograd node keeping a boolean mask: the same values and gradients as gathering the
+    top-k and scattering them into zeros, without the index gather / scatter in either pass."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, k: int) -> Tensor:
+        keep = torch.topk(x.detach().abs(), k, dim=-1, sorted=False).indices
+        mask = torch.zeros(x.shape, dtype=torch.bool, device=x.device).scatter_(-1, keep, True)
+        ctx.save_for_backward(mask)
+        return torch.where(mask, x, 0.0)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        (mask,) = ctx.saved_tensors
+        return torch.where(mask, grad, 0.0), None
 
 
 class AbsTopK(nn.Module):

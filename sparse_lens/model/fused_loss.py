@@ -68,8 +68,8 @@ class _FusedNextTokenLoss(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_loss):
-        out = [
-            None if g is None else (g * grad_loss).to(dtype)
+        out = [  # in place: these buffers are ours, and a fresh [d_vocab, d_vocab] costs faults
+            None if g is None else g.mul_(grad_loss).to(dtype)
             for g, dtype in zip(ctx.grads, ctx.dtypes, strict=True)
         ]
         ctx.grads = None

@@ -41,7 +41,30 @@ def test_abstopk_equals_gather_scatter_in_values_and_gradients(x, k):
     assert int((ours.grad != 0).sum(-1).max()) <= k
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_integer_magnitude_keys_pick_the_same_topk_indices(dtype):
+    from sparse_lens.model.components import _magnitude_keys
+
+    for x in (torch.randn(64, 96, generator=torch.Generator().manual_seed(3)), _with_ties((64, 96), 4)):
+        x = x.to(dtype)
+        x[0, :3] = torch.tensor([float("inf"), -float("inf"), -0.0])
+        for k in (1, 24, 95):
+            plain = torch.topk(x.abs(), k, dim=-1, sorted=False).indices
+            assert torch.equal(torch.topk(_magnitude_keys(x), k, dim=-1, sorted=False).indices, plain)
+
+
 # ---------------------------------------------------------------------------- attention
+def test_one_abstopk_call_over_qkv_equals_three():
+    attn = tiny_model().blocks[0].attn
+    x = torch.randn(2, 12, attn.cfg.d_in, generator=torch.Generator().manual_seed(5))
+    q, k, v = attn._project_qkv(x)
+    h, dh = attn.cfg.n_heads, attn.cfg.d_head
+    W = torch.cat([attn.W_Q, attn.W_K, attn.W_V]).permute(1, 0, 2).reshape(x.shape[-1], 3 * h * dh)
+    parts = (x @ W + torch.cat([attn.b_Q, attn.b_K, attn.b_V]).reshape(-1)).split(h * dh, dim=-1)
+    for ours, part in zip((q, k, v), parts, strict=True):
+        torch.testing.assert_close(ours.flatten(-2), _plain_abstopk(part, h * dh // 4))
+
+
 def test_sink_attention_takes_the_fused_kernel_and_matches_the_explicit_path():
     model = tiny_model(attn_sink=True).train()
     tokens = random_tokens(model, n_pos=16)

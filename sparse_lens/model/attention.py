@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from transformer_lens.hook_points import HookPoint
 
 from sparse_lens.config import SparseConfig
-from sparse_lens.model.components import maybe_abstopk
+from sparse_lens.model.components import AbsTopK, maybe_abstopk
 
 
 def _bias(module: nn.Module, name: str, shape: tuple[int, ...], learned: bool) -> None:
@@ -75,9 +75,15 @@ class Attention(nn.Module):
         h, dh = self.cfg.n_heads, self.cfg.d_head
         W = torch.cat([self.W_Q, self.W_K, self.W_V]).permute(1, 0, 2).reshape(x.shape[-1], 3 * h * dh)
         b = torch.cat([self.b_Q, self.b_K, self.b_V]).reshape(-1)
-        q, k, v = (x @ W + b).split(h * dh, dim=-1)
+        qkv = F.linear(x, W.T, b)  # bias fused into the matmul
         shape = (*x.shape[:-1], h, dh)
-        return self.topk_q(q).view(shape), self.topk_k(k).view(shape), self.topk_v(v).view(shape)
+        topk = (self.topk_q, self.topk_k, self.topk_v)
+        if all(isinstance(t, AbsTopK) for t in topk) and len({t.frac for t in topk}) == 1:
+            # AbsTopK acts on each of q, k, v separately: one call over [..., 3, h * d_head].
+            qkv = self.topk_q(qkv.view(*x.shape[:-1], 3, h * dh)).flatten(-2)
+            topk = (nn.Identity(),) * 3
+        q, k, v = qkv.split(h * dh, dim=-1)
+        return tuple(t(part).view(shape) for t, part in zip(topk, (q, k, v), strict=True))
 
     def forward(self, x: Float[Tensor, "batch pos d_in"]) -> Float[Tensor, "batch pos d_model"]:
         x = self.hook_read(self.topk_read(x))
@@ -94,7 +100,7 @@ class Attention(nn.Module):
             result = self.hook_result(torch.einsum("bphd,hdm->bphm", z, self.W_O))
             out = result.sum(-2) + self.b_O
         else:
-            out = z.flatten(-2) @ self.W_O.reshape(-1, self.cfg.d_model) + self.b_O
+            out = F.linear(z.flatten(-2), self.W_O.reshape(-1, self.cfg.d_model).T, self.b_O)
         return self.topk_write(out)
 
     def _explicit_attention(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
@@ -119,12 +125,13 @@ class Attention(nn.Module):
         # explicit mask would force the slow math path: ~7x slower on CPU). A dummy query and the
         # sink key are prepended; an extra head dimension (1 on queries, 0 on real keys,
         # sink_logit / scale on the sink key) makes the sink's score exactly sink_logit; its value
-        # is zero. Row 0 (the dummy query) is dropped.
+        # is zero. Values get the extra (zero) dimension too: the fused kernel needs one head
+        # size for q, k and v (else torch falls back to the math path, 3.4x slower fwd + bwd).
+        # Row 0 (the dummy query) and the extra output dimension are dropped.
         batch, heads, n_pos, d_head = q.shape
-        one = q.new_ones(batch, heads, n_pos, 1)
-        q = F.pad(torch.cat([q, one], dim=-1), (0, 0, 1, 0))
+        q = F.pad(q, (0, 1, 1, 0), value=1.0)  # the dummy query row (all ones) is dropped below
         sink_key = F.pad((self.sink_logit / scale).view(1, heads, 1, 1), (d_head, 0)).expand(batch, -1, -1, -1)
         k = torch.cat([sink_key, F.pad(k, (0, 1))], dim=2)
-        v = F.pad(v, (0, 0, 1, 0))
+        v = F.pad(v, (0, 1, 1, 0))
         z = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
-        return z[:, :, 1:].transpose(1, 2)
+        return z[:, :, 1:, :d_head].transpose(1, 2)

@@ -34,6 +34,6 @@ class MLP(nn.Module):
 
     def forward(self, x: Float[Tensor, "batch pos d_in"]) -> Float[Tensor, "batch pos d_model"]:
         x = self.hook_read(self.topk_read(x))
-        pre = self.hook_pre(x @ self.W_in + self.b_in)
+        pre = self.hook_pre(F.linear(x, self.W_in.T, self.b_in))  # bias fused into the matmul
         post = self.hook_post(self.topk_neuron(self.act(pre)))
-        return self.topk_write(post @ self.W_out + self.b_out)
+        return self.topk_write(F.linear(post, self.W_out.T, self.b_out))

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from tokenizers import Tokenizer
 from torch import Tensor, nn
+from torch.nn.modules import module as _module_hooks
 from transformer_lens import ActivationCache, HookedRootModule
 from transformer_lens.FactoredMatrix import FactoredMatrix
 from transformer_lens.hook_points import HookPoint
@@ -30,11 +31,22 @@ from sparse_lens.config import SparseConfig
 from sparse_lens.errors import SparseLensError
 from sparse_lens.model.block import TransformerBlock
 from sparse_lens.model.components import BigramTable, Embed, PosEmbed, RMSNorm, Unembed
+from sparse_lens.model.fused_loss import fused_next_token_loss
 from sparse_lens.model.graph import logits_from_resid
 
 ReturnType = Literal["logits", "loss", "both"] | None
 ModelInput = str | list[str] | Int[Tensor, "batch pos"]
 EOT = "<|endoftext|>"
+
+
+def _has_module_hooks(module: nn.Module) -> bool:
+    """Any forward / backward hook on ``module``, its submodules (HookPoints) or globally."""
+    if _module_hooks._global_forward_hooks or _module_hooks._global_forward_pre_hooks:
+        return True
+    return any(
+        m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
+        for m in module.modules()
+    )
 
 
 class SparseTransformer(HookedRootModule):
@@ -182,6 +194,9 @@ class SparseTransformer(HookedRootModule):
                 "this model has a bigram table, so it needs `tokens=` when starting mid-model",
                 field="tokens",
             )
+        if self._fused_loss_applies(return_type, loss_per_token, loss_mask, tokens):
+            bigram = self.bigram.W_bigram if self.cfg.bigram_table != "off" else None
+            return fused_next_token_loss(self.ln_final(resid), self.W_U, self.b_U, bigram, tokens)
         logits = logits_from_resid(self, resid, tokens)
         if return_type == "logits":
             return logits
@@ -191,6 +206,19 @@ class SparseTransformer(HookedRootModule):
             raise SparseLensError("a loss needs the input tokens: pass `tokens=`", field="tokens")
         loss = self.loss_fn(logits, tokens, loss_mask, per_token=loss_per_token)
         return loss if return_type == "loss" else (logits, loss)
+
+    def _fused_loss_applies(self, return_type, per_token, mask, tokens) -> bool:
+        """Whether the fused loss (:mod:`sparse_lens.model.fused_loss`) may replace unembed +
+        ``loss_fn``: a mean loss without a padding mask, with gradients on, and nothing that
+        could observe the logits (no hook on the unembedding or the bigram table). Under
+        no_grad the plain path runs, so evaluation and analysis get the loss of the
+        materialised logits bit for bit."""
+        if return_type != "loss" or per_token or mask is not None or tokens is None:
+            return False
+        if not torch.is_grad_enabled():
+            return False
+        watched = [self.unembed] + ([self.bigram] if self.cfg.bigram_table != "off" else [])
+        return not any(_has_module_hooks(module) for module in watched)
 
     @staticmethod
     def loss_fn(

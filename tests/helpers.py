@@ -6,6 +6,21 @@ import torch
 
 from sparse_lens import SparseConfig, SparseTransformer
 
+MODEL_VARIANTS = {
+    "paper": {},
+    "sink+concat": dict(attn_sink=True, positional_embedding_type="concat", d_pos_emb=8),
+    "standard-pos+fixed-bigram+tied": dict(
+        positional_embedding_type="standard", bigram_table="fixed", tied_unembed=True
+    ),
+    "relu-resid+resid-topk": dict(
+        residual_activation="relu",
+        afrac_locations=("attn_in", "mlp_neuron", "resid_post_attn", "resid_post_mlp"),
+        act_fn="relu",
+    ),
+    "dense-no-bias-no-bigram": dict(afrac=None, use_bias=False, bigram_table="off"),
+}
+"""Architecture variants every model-level property is checked on (tiny_model overrides)."""
+
 
 def tiny_config(**overrides) -> SparseConfig:
     fields = dict(n_layers=2, d_model=32, n_heads=2, d_head=16, d_mlp=64, n_ctx=24, d_vocab=96)
@@ -32,7 +47,9 @@ def tiny_model(seed: int = 0, density: float | None = None, **overrides) -> Spar
     return model.eval()
 
 
-def random_tokens(model: SparseTransformer, batch: int = 2, n_pos: int = 12, seed: int = 0) -> torch.Tensor:
+def random_tokens(
+    model: SparseTransformer, batch: int = 2, n_pos: int = 12, seed: int = 0
+) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     return torch.randint(0, model.cfg.d_vocab, (batch, n_pos), generator=generator)
 
@@ -47,7 +64,9 @@ def tiny_tokenizer(vocab_size: int = 300):
 
     @functools.lru_cache(maxsize=4)
     def build(size: int):
-        texts = [inspect.getsource(module) for module in (json.decoder, json.encoder, functools, inspect)]
+        texts = [
+            inspect.getsource(module) for module in (json.decoder, json.encoder, functools, inspect)
+        ]
         return train_tokenizer(texts, vocab_size=size)
 
     return build(vocab_size)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from helpers import random_tokens, tiny_model
+from helpers import MODEL_VARIANTS, random_tokens, tiny_model
 
 from sparse_lens import SparseTransformer
 from sparse_lens.circuits import Circuit
@@ -21,18 +21,6 @@ from sparse_lens.model.graph import (
 )
 from sparse_lens.pretrained import PRETRAINED_DIR
 from sparse_lens.tasks.batch import TaskBatch
-
-VARIANTS = {
-    "paper": {},
-    "sink+concat": dict(attn_sink=True, positional_embedding_type="concat", d_pos_emb=8),
-    "standard-pos+fixed-bigram+tied": dict(
-        positional_embedding_type="standard", bigram_table="fixed", tied_unembed=True
-    ),
-    "resid-topk": dict(
-        afrac_locations=("attn_in", "mlp_neuron", "resid_post_attn", "resid_post_mlp")
-    ),
-    "dense-no-bias-no-bigram": dict(afrac=None, use_bias=False, bigram_table="off"),
-}
 
 # HookPoints inside a block that are not node sites. A new HookPoint must be put here or in
 # graph.SITES: this is what makes the table cover every node site of the model.
@@ -54,17 +42,12 @@ NOT_NODE_SITES = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", MODEL_VARIANTS)
 def test_the_table_covers_every_node_site_hookpoint(variant):
-    model = tiny_model(**VARIANTS[variant])
+    model = tiny_model(**MODEL_VARIANTS[variant])
     sites = {s.hook: s for s in node_sites(model.cfg)}
     resid_topk = {
         "hook_resid_mid": model.cfg.abstopk_at("resid_post_attn") is not None,
@@ -139,9 +122,9 @@ def test_edges_through_the_table_equal_every_shipped_circuit(model_name):
         assert edges == circuit.edges, path.name
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", MODEL_VARIANTS)
 def test_answer_logits_equal_the_forward_logits_at_the_scored_positions(variant):
-    model = tiny_model(seed=4, density=0.5, **VARIANTS[variant])
+    model = tiny_model(seed=4, density=0.5, **MODEL_VARIANTS[variant])
     tokens = random_tokens(model, batch=5, n_pos=9, seed=5)
     last_pos = torch.tensor([8, 3, 6, 0, 8])
     ids = torch.randint(0, model.cfg.d_vocab, (5, 2), generator=torch.Generator().manual_seed(6))
@@ -155,9 +138,9 @@ def test_answer_logits_equal_the_forward_logits_at_the_scored_positions(variant)
     torch.testing.assert_close(ours, expected, rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("variant", ["paper", "resid-topk", "sink+concat"])
+@pytest.mark.parametrize("variant", ["paper", "relu-resid+resid-topk", "sink+concat"])
 def test_degrees_count_the_nonzero_weights_touching_each_channel(variant):
-    model = tiny_model(seed=5, density=0.3, **VARIANTS[variant])
+    model = tiny_model(seed=5, density=0.3, **MODEL_VARIANTS[variant])
     degree = channel_degrees(model)
     sites = node_sites(model.cfg)
     assert set(degree) == {s.hook for s in sites}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import random_tokens, tiny_model, tiny_model_with_tokenizer
+from helpers import MODEL_VARIANTS, random_tokens, tiny_model, tiny_model_with_tokenizer
 from transformer_lens import ActivationCache, patching
 from transformer_lens.head_detector import detect_head
 from transformer_lens.model_protocol import (
@@ -13,20 +13,6 @@ from transformer_lens.model_protocol import (
 )
 
 from sparse_lens import SparseLensError
-
-VARIANTS = {
-    "paper": {},
-    "sink+concat": dict(attn_sink=True, positional_embedding_type="concat", d_pos_emb=8),
-    "standard-pos+fixed-bigram+tied": dict(
-        positional_embedding_type="standard", bigram_table="fixed", tied_unembed=True
-    ),
-    "relu-resid+resid-topk": dict(
-        residual_activation="relu",
-        afrac_locations=("attn_in", "mlp_neuron", "resid_post_attn", "resid_post_mlp"),
-        act_fn="relu",
-    ),
-    "dense-no-bias-no-bigram": dict(afrac=None, use_bias=False, bigram_table="off"),
-}
 
 
 def _shapes(model, batch, n_pos):
@@ -63,9 +49,9 @@ def _shapes(model, batch, n_pos):
     return shapes
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", MODEL_VARIANTS)
 def test_cache_has_every_canonical_hook_with_tl_shapes(variant):
-    model = tiny_model(**VARIANTS[variant])
+    model = tiny_model(**MODEL_VARIANTS[variant])
     tokens = random_tokens(model, batch=3, n_pos=10)
     logits, cache = model.run_with_cache(tokens)
     assert isinstance(cache, ActivationCache)
@@ -75,9 +61,9 @@ def test_cache_has_every_canonical_hook_with_tl_shapes(variant):
     assert cache["pattern", 0].shape == (3, model.cfg.n_heads, 10, 10)
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", MODEL_VARIANTS)
 def test_fused_and_explicit_attention_agree(variant):
-    model = tiny_model(**VARIANTS[variant])
+    model = tiny_model(**MODEL_VARIANTS[variant])
     tokens = random_tokens(model, n_pos=16)
     fused = model(tokens)
     explicit = model.run_with_hooks(
@@ -135,12 +121,15 @@ def test_activation_patching_shapes_and_identity():
     assert resid.shape == (cfg.n_layers, 8)
     assert heads.shape == (cfg.n_layers, cfg.n_heads)
     assert mlps.shape == (cfg.n_layers, 8)
+
     # TL's number for one patch equals the same patch done by hand with run_with_hooks
     def patch_last_pos(resid_pre, hook):
         resid_pre[:, -1] = clean_cache[hook.name][:, -1]
         return resid_pre
 
-    by_hand = metric(model.run_with_hooks(corrupt, fwd_hooks=[("blocks.1.hook_resid_pre", patch_last_pos)]))
+    by_hand = metric(
+        model.run_with_hooks(corrupt, fwd_hooks=[("blocks.1.hook_resid_pre", patch_last_pos)])
+    )
     assert torch.allclose(resid[1, -1], by_hand, atol=1e-6)
     # patching clean activations into the clean run changes nothing
     identity = patching.get_act_patch_mlp_out(model, clean, clean_cache, metric)
@@ -178,7 +167,7 @@ def test_detect_head_runs_and_finds_a_previous_token_head():
 
 @pytest.mark.parametrize("variant", ["paper", "standard-pos+fixed-bigram+tied"])
 def test_decompose_resid_sums_to_final_residual(variant):
-    model = tiny_model(**VARIANTS[variant])
+    model = tiny_model(**MODEL_VARIANTS[variant])
     _, cache = model.run_with_cache(random_tokens(model))
     parts = cache.decompose_resid(layer=-1, apply_ln=False)
     final = cache[f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"]
@@ -213,7 +202,7 @@ def test_logit_attrs_and_stack_head_results():
 
 def test_start_and_stop_at_layer_compose():
     for variant in ("paper", "sink+concat", "standard-pos+fixed-bigram+tied"):
-        model = tiny_model(**VARIANTS[variant])
+        model = tiny_model(**MODEL_VARIANTS[variant])
         tokens = random_tokens(model)
         mid = model(tokens, stop_at_layer=1)
         assert mid.shape == (*tokens.shape, model.cfg.d_model)
@@ -265,7 +254,9 @@ def test_accumulated_bias_and_residual_directions():
     model = tiny_model()
     expected = sum(model.blocks[i].attn.b_O + model.blocks[i].mlp.b_out for i in range(2))
     assert torch.allclose(model.accumulated_bias(2), expected)
-    assert torch.allclose(model.accumulated_bias(1, mlp_input=True), expected - model.blocks[1].mlp.b_out)
+    assert torch.allclose(
+        model.accumulated_bias(1, mlp_input=True), expected - model.blocks[1].mlp.b_out
+    )
     directions = model.tokens_to_residual_directions(torch.tensor([1, 2, 3]))
     assert directions.shape == (3, model.cfg.d_model)
     assert torch.equal(model.tokens_to_residual_directions(5), model.W_U[:, 5])
@@ -283,7 +274,9 @@ def test_tl_training_loop_runs_unchanged():
     from transformer_lens.tools.training import TrainConfig, train
 
     model = tiny_model()
-    tokens = torch.randint(0, model.cfg.d_vocab, (8, 12), generator=torch.Generator().manual_seed(0))
+    tokens = torch.randint(
+        0, model.cfg.d_vocab, (8, 12), generator=torch.Generator().manual_seed(0)
+    )
     dataset = torch.utils.data.TensorDataset(tokens)
 
     class TokensDataset(torch.utils.data.Dataset):
@@ -294,7 +287,11 @@ def test_tl_training_loop_runs_unchanged():
             return {"tokens": dataset[i][0]}
 
     before = model(tokens, return_type="loss").item()
-    train(model, TrainConfig(num_epochs=3, batch_size=4, lr=1e-2, print_every=None, device="cpu"), TokensDataset())
+    train(
+        model,
+        TrainConfig(num_epochs=3, batch_size=4, lr=1e-2, print_every=None, device="cpu"),
+        TokensDataset(),
+    )
     assert model(tokens, return_type="loss").item() < before
 
 

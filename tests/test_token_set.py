@@ -19,7 +19,6 @@ import pytest
 import torch
 from test_trainer import (  # noqa: F401 (fixtures)
     REPO,
-    one_thread,
     private_cache,
     subprocess_env,
     write_corpus,
@@ -34,6 +33,9 @@ from sparse_lens.train.data import load_train_data
 from sparse_lens.train.runner import train_from_config
 from sparse_lens.train.token_set import MANIFEST_FILE, load_token_set
 from sparse_lens.train.trainer import Callback
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def export_main():

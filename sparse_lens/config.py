@@ -22,6 +22,7 @@ import torch
 from transformer_lens.config import TransformerLensConfig
 
 from sparse_lens.errors import SparseLensError
+from sparse_lens.io.atomic import write_json
 
 ABSTOPK_LOCATIONS = (
     "attn_in",
@@ -199,7 +200,7 @@ class SparseConfig(TransformerLensConfig):
             raise SparseLensError(str(error), path=source, field=None) from None
 
     def to_json(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+        write_json(path, self.to_dict(), sort_keys=True)
 
     @classmethod
     def from_json(cls, path: str | Path) -> SparseConfig:

@@ -45,6 +45,7 @@ from torch import Tensor
 
 from sparse_lens.circuits.registry import ablation_class
 from sparse_lens.errors import SparseLensError
+from sparse_lens.io.atomic import atomic_path
 from sparse_lens.nodes import NodeSite, node_sites
 
 MEAN_CACHE_FILE = "mean_cache.safetensors"
@@ -200,10 +201,8 @@ def save_mean_cache(cache: MeanCache, path: str | Path) -> Path:
         "weights_hash": cache.weights_hash,
         "n_tokens": str(cache.n_tokens),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
     return path
 
 

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from sparse_lens.circuits.ablation import Ablation, weights_hash
 from sparse_lens.circuits.masks import Hooks, keep_hooks
 from sparse_lens.errors import SparseLensError
+from sparse_lens.io.atomic import write_text
 from sparse_lens.model.graph import edge_matrices, io_weights
 from sparse_lens.nodes import check_node, node_name, node_sites, site_by_hook
 
@@ -219,10 +220,7 @@ class Circuit:
         return json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n"
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(self.to_json_str())
-        return path
+        return write_text(path, self.to_json_str())
 
     @classmethod
     def from_dict(cls, data: Any, source: str | Path | None = None) -> Circuit:

@@ -16,7 +16,6 @@ valid circuit file is a one-line error with exit code 2; a target no node set re
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -229,7 +228,9 @@ def run_validate(args: argparse.Namespace) -> int:
     )
     print(format_report(report))
     if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+        from sparse_lens.io.atomic import write_json
+
+        write_json(args.json, report)
     return 0
 
 
@@ -309,7 +310,7 @@ def run_compare(args: argparse.Namespace) -> int:
     )
     print(format_comparison(rows))
     if args.json:
-        Path(args.json).write_text(
-            json.dumps([{**vars(r), "ratio": r.ratio} for r in rows], indent=2) + "\n"
-        )
+        from sparse_lens.io.atomic import write_json
+
+        write_json(args.json, [{**vars(r), "ratio": r.ratio} for r in rows])
     return 0

@@ -10,9 +10,7 @@ every task, or, with ``--natural TASK --corpus PATH``, of instances mined from r
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
 
 from sparse_lens.cli.options import add_tasks_dir
 
@@ -229,8 +227,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def _write_json(path: str | None, data: dict) -> None:
+    from sparse_lens.io.atomic import write_json
+
     if path:
-        out = Path(path)
-        if out.parent != Path("."):
-            out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+        write_json(path, data)

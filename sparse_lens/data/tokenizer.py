@@ -29,8 +29,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import os
-import tempfile
 from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
@@ -39,6 +37,7 @@ from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, 
 
 from sparse_lens.data.corpus import Corpus, cache_dir, load_corpus
 from sparse_lens.errors import SparseLensError
+from sparse_lens.io.atomic import write_text
 
 EOT = "<|endoftext|>"
 DEFAULT_VOCAB_SIZE = 2048
@@ -127,17 +126,7 @@ def _check_contract(tokenizer: Tokenizer, where: str, path: Path | None = None) 
 def save_tokenizer(tokenizer: Tokenizer, path: str | Path) -> Path:
     """Write ``tokenizer.json`` atomically (temp file + ``os.replace``): readers never see half a
     file, and concurrent writers of the same deterministic tokenizer cannot corrupt it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(tokenizer.to_str(pretty=True))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_text(path, tokenizer.to_str(pretty=True))
 
 
 def load_tokenizer(path: str | Path) -> Tokenizer:

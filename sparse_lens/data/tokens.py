@@ -15,8 +15,6 @@ fixed windows (:func:`eval_batches`), so held-out losses are comparable across r
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -29,6 +27,7 @@ from tqdm.auto import tqdm
 from sparse_lens.data.corpus import Corpus, Document, cache_dir
 from sparse_lens.data.tokenizer import EOT, tokenizer_hash
 from sparse_lens.errors import SparseLensError
+from sparse_lens.io.atomic import atomic_path
 
 TOKEN_DTYPE = np.uint16
 # Bump when the file layout changes (e.g. where EOT goes), so old cached files are not reused.
@@ -107,15 +106,8 @@ def encode_documents(
 
 
 def _save_atomic(path: Path, tokens: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, tokens)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.save(handle, tokens)
 
 
 def check_token_ids(

@@ -23,6 +23,7 @@ from torch import Tensor
 
 from sparse_lens.config import SparseConfig
 from sparse_lens.errors import SparseLensError
+from sparse_lens.io.atomic import atomic_path, write_text
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -100,9 +101,10 @@ def save_pretrained(
     try:
         model.cfg.to_json(staging / CONFIG_FILE)
         tensors, metadata = encode_tensors(model.state_dict(), storage_dtypes)
-        save_file(tensors, str(staging / WEIGHTS_FILE), metadata=metadata)
+        with atomic_path(staging / WEIGHTS_FILE) as tmp:
+            save_file(tensors, str(tmp), metadata=metadata)
         if model.tokenizer is not None:
-            model.tokenizer.save(str(staging / TOKENIZER_FILE))
+            write_text(staging / TOKENIZER_FILE, model.tokenizer.to_str(pretty=True))
         if directory.exists():
             for extra in directory.iterdir():
                 if extra.name not in OWNED_FILES and not (staging / extra.name).exists():

@@ -107,6 +107,7 @@ from torch import Tensor
 
 from sparse_lens.config import ABSTOPK_LOCATIONS, SparseConfig
 from sparse_lens.errors import SparseLensError
+from sparse_lens.io.atomic import write_json
 from sparse_lens.io.checkpoint import load_state
 from sparse_lens.model.graph import SITES, WEIGHTS, Weight
 from sparse_lens.model.transformer import EOT, SparseTransformer
@@ -643,7 +644,7 @@ def import_openai(
                 k for k in beeg if k in TRAINING_ONLY_KEYS or k.startswith("debug_")
             ),
         }
-        (dst / SOURCE_FILE).write_text(json.dumps(provenance, indent=2, sort_keys=True) + "\n")
+        write_json(dst / SOURCE_FILE, provenance, sort_keys=True)
     return model
 
 

@@ -28,6 +28,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from sparse_lens.errors import SparseLensError
+from sparse_lens.io.atomic import atomic_path, write_json, write_text
 from sparse_lens.io.checkpoint import (
     OWNED_FILES,
     decode_tensors,
@@ -96,7 +97,8 @@ def save_checkpoint(
     try:
         model.save_pretrained(staging)
         save_optimizer_state(optimizer, param_names, staging / OPTIMIZER_FILE)
-        save_file(rng_tensors(), str(staging / RNG_FILE))
+        with atomic_path(staging / RNG_FILE) as tmp:
+            save_file(rng_tensors(), str(tmp))
         _write_json(staging / STATE_FILE, state)
         _write_json(staging / PROVENANCE_FILE, provenance)
         if out_dir.exists():  # carry over the metrics log and anything else the run keeps there
@@ -166,9 +168,7 @@ def truncate_metrics(out_dir: Path, step: int) -> None:
             continue  # a line cut short by a kill
         if record.get("step", 0) <= step:
             kept.append(line)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(f"{line}\n" for line in kept))
-    os.replace(tmp, path)
+    write_text(path, "".join(f"{line}\n" for line in kept))
 
 
 def append_metrics(out_dir: Path, record: dict[str, Any]) -> None:
@@ -179,4 +179,4 @@ def append_metrics(out_dir: Path, record: dict[str, Any]) -> None:
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    write_json(path, data, sort_keys=True)

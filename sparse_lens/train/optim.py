@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from sparse_lens.errors import SparseLensError
+from sparse_lens.io.atomic import atomic_path
 
 #: Target kinds that receive decoupled weight decay.
 DECAYED_KINDS = ("matrix", "embedding")
@@ -95,7 +96,8 @@ def save_optimizer_state(
             if not isinstance(value, Tensor):
                 value = torch.tensor(value)
             tensors[f"{names[index]}::{key}"] = value.detach().cpu().contiguous()
-    save_file(tensors, str(path))
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp))
 
 
 def load_optimizer_state(

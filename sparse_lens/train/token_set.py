@@ -32,6 +32,7 @@ import numpy as np
 from sparse_lens.data import load_tokenizer, save_tokenizer, tokenizer_hash
 from sparse_lens.data.tokens import TOKEN_DTYPE
 from sparse_lens.errors import SparseLensError
+from sparse_lens.io.atomic import write_json
 from sparse_lens.schema import dataclass_from_dict
 from sparse_lens.train.data import TrainData
 
@@ -91,8 +92,7 @@ def export_token_set(data: TrainData, directory: str | Path, heldout_fraction: f
         heldout=splits["heldout"],
         python=platform.python_version(),
     )
-    text = json.dumps(dataclasses.asdict(manifest), indent=2, sort_keys=True) + "\n"
-    (directory / MANIFEST_FILE).write_text(text, encoding="utf-8")
+    write_json(directory / MANIFEST_FILE, dataclasses.asdict(manifest), sort_keys=True)
     return directory
 
 

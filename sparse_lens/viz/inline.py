@@ -13,6 +13,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+from sparse_lens.io.atomic import write_text
 from sparse_lens.viz.circuit_data import circuit_data
 from sparse_lens.viz.graph import HOVER_CSS, HOVER_SCRIPT, circuit_svg
 from sparse_lens.viz.offline import CSP
@@ -46,9 +47,7 @@ class HTMLView:
         )
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.write_text(self.page(), encoding="utf-8")
-        return path
+        return write_text(path, self.page())
 
 
 class CircuitView(HTMLView):

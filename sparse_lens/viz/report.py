@@ -23,6 +23,7 @@ from torch import Tensor
 
 import sparse_lens
 from sparse_lens.errors import SparseLensError
+from sparse_lens.io.atomic import write_text
 from sparse_lens.viz.activations import check_circuit, str_tokens, top_activating
 from sparse_lens.viz.circuit_data import CircuitData, circuit_data, circuit_dict
 from sparse_lens.viz.graph import HOVER_CSS, HOVER_SCRIPT, circuit_svg
@@ -301,7 +302,4 @@ def write_report(
         seed=seed,
         title=title,
     )
-    path = Path(out_path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(page, encoding="utf-8")
-    return path
+    return write_text(out_path, page)

@@ -90,7 +90,7 @@ def dataclass_from_dict(
     exclude: typing.Collection[str] = (),
     prefix: str = "",
 ) -> T:
-    """Build ``cls(**data)``, refusing unknown fields and ill-typed values by name.
+    """Build ``cls(**data)``, refusing unknown, missing and ill-typed fields by name.
 
     ``exclude`` lists dataclass fields a file may not set (runtime-only fields); ``prefix`` is
     prepended to field names in errors (``train.`` for a table inside a file). Errors the
@@ -106,6 +106,15 @@ def dataclass_from_dict(
             path=source,
             field=prefix + str(unknown[0]),
         )
+    missing = [
+        name
+        for name, f in fields.items()
+        if name not in data
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        raise SparseLensError("missing key", path=source, field=prefix + missing[0])
     hints = typing.get_type_hints(cls)
     values = {}
     for name, value in data.items():

@@ -1,4 +1,7 @@
-"""Checkpoint directories: config.json, model.safetensors, tokenizer.json.
+"""Checkpoint directories: config.json, model.safetensors, tokenizer.json, and what sits beside.
+
+:class:`ModelDir` resolves a model name or path once and names every file of the directory;
+its :class:`CircuitStore` owns the result files (``eval.json`` and ``circuits/<task>*.json``).
 
 Sparse tensors are stored as flat int32/int64 indices + values (``<name>::indices`` and
 ``<name>::values``, with the shape in the safetensors metadata) whenever fewer than half of
@@ -14,7 +17,9 @@ import json
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -23,12 +28,17 @@ from torch import Tensor
 
 from sparse_lens.config import SparseConfig
 from sparse_lens.errors import SparseLensError
-from sparse_lens.io.atomic import atomic_path, write_text
+from sparse_lens.io.atomic import atomic_path, write_json, write_text
+from sparse_lens.io.records import MissedTarget, ModelEval
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 TOKENIZER_FILE = "tokenizer.json"
 OWNED_FILES = (CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE)
+PROVENANCE_FILE = "training.json"
+METRICS_FILE = "metrics.jsonl"
+EVAL_FILE = "eval.json"
+CIRCUITS_DIR = "circuits"
 _SPARSE_FORMAT_MAX_DENSITY = 0.5  # indices + values beat dense storage below half density
 
 
@@ -141,13 +151,13 @@ def resolve_checkpoint_dir(directory: Path) -> Path:
     return leftovers[-1] if leftovers else directory
 
 
-def load_pretrained(name_or_path: str | Path, device: str | None = None):
+def load_pretrained(name_or_path: str | Path | ModelDir, device: str | None = None):
     """Load a checkpoint directory (or a shipped model name) into a SparseTransformer."""
     from tokenizers import Tokenizer
 
     from sparse_lens.model.transformer import SparseTransformer
 
-    directory = model_directory(name_or_path)
+    directory = ModelDir.resolve(name_or_path).path
     cfg = SparseConfig.from_json(directory / CONFIG_FILE)
     if device is not None:
         cfg.device = device
@@ -194,13 +204,162 @@ def load_state(model, tensors: dict[str, Tensor], source: str | Path) -> None:
     model.load_state_dict(tensors, strict=True)
 
 
-def model_directory(name_or_path: str | Path) -> Path:
-    """The checkpoint directory of a path or shipped model name (a clear error if neither)."""
-    path = resolve_checkpoint_dir(Path(name_or_path))
-    if path.exists() or any(sep in str(name_or_path) for sep in ("/", os.sep)):
-        if not path.exists():
-            raise SparseLensError("no such model directory", path=path)
-        return path
-    from sparse_lens.pretrained import shipped_model_dir
+@dataclass(frozen=True)
+class ModelDir:
+    """A model's directory, resolved once from a path or a shipped model name.
 
-    return shipped_model_dir(str(name_or_path))
+    A path wins over a name (``./stdlib-sparse`` beside you is yours); a name with no path
+    separator that is not a directory is looked up among the models shipped in the package.
+    """
+
+    path: Path
+    name: str
+    """What the user passed: a shipped name or a path, for messages and circuit model ids."""
+
+    @classmethod
+    def resolve(cls, name_or_path: str | Path | ModelDir) -> ModelDir:
+        if isinstance(name_or_path, ModelDir):
+            return name_or_path
+        text = str(name_or_path)
+        path = resolve_checkpoint_dir(Path(name_or_path))
+        if path.exists() or any(sep in text for sep in ("/", os.sep)):
+            if not path.exists():
+                raise SparseLensError("no such model directory", path=path)
+            return cls(path, text)
+        from sparse_lens import pretrained  # read at call time: tests point it elsewhere
+
+        return cls(pretrained.shipped_model_dir(text), text)
+
+    @property
+    def shipped(self) -> bool:
+        """One of the package's own models (never written into)."""
+        from sparse_lens.pretrained import is_shipped_dir
+
+        return is_shipped_dir(self.path)
+
+    @property
+    def config_file(self) -> Path:
+        return self.path / CONFIG_FILE
+
+    @property
+    def weights_file(self) -> Path:
+        return self.path / WEIGHTS_FILE
+
+    @property
+    def tokenizer_file(self) -> Path:
+        return self.path / TOKENIZER_FILE
+
+    @property
+    def provenance_file(self) -> Path:
+        """training.json: corpus manifest hash, steps, tokens, losses."""
+        return self.path / PROVENANCE_FILE
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.path / METRICS_FILE
+
+    @property
+    def circuits(self) -> CircuitStore:
+        return CircuitStore(self.path / CIRCUITS_DIR, eval_file=self.path / EVAL_FILE)
+
+    def provenance(self) -> dict[str, Any]:
+        """training.json as a mapping (SparseLensError if missing or not JSON)."""
+        return read_json(self.provenance_file, what="training record")
+
+    def load(self, device: str | None = None):
+        """The SparseTransformer stored here."""
+        return load_pretrained(self, device=device)
+
+
+@dataclass(frozen=True)
+class CircuitStore:
+    """Where a model's task results live, and their typed readers and writers.
+
+    ``<task>.json`` is a :class:`~sparse_lens.circuits.Circuit` (read it with
+    ``Circuit.load(store.circuit_file(task), model)``: circuits belong to the stage above);
+    ``<task>.validation.json`` is the mapping ``validate_circuit`` returned, stored as given;
+    ``<task>.missed.json`` is a :class:`~sparse_lens.io.records.MissedTarget`; ``eval_file``
+    (a model directory's ``eval.json``) is a :class:`~sparse_lens.io.records.ModelEval`.
+    A task has a circuit or a miss, never both: saving one removes the other.
+    """
+
+    directory: Path
+    eval_file: Path | None = None
+
+    def circuit_file(self, task: str) -> Path:
+        return self.directory / f"{task}.json"
+
+    def validation_file(self, task: str) -> Path:
+        return self.directory / f"{task}.validation.json"
+
+    def missed_file(self, task: str) -> Path:
+        return self.directory / f"{task}.missed.json"
+
+    def circuit_tasks(self) -> list[str]:
+        """Tasks with a circuit file, sorted."""
+        return sorted(p.name.removesuffix(".json") for p in self._files() if _is_circuit(p.name))
+
+    def missed_tasks(self) -> list[str]:
+        """Tasks whose pruning missed the target, sorted."""
+        suffix = ".missed.json"
+        return sorted(p.name.removesuffix(suffix) for p in self._files() if p.name.endswith(suffix))
+
+    def _files(self) -> list[Path]:
+        return [p for p in self.directory.glob("*.json") if not p.name.startswith(".")]
+
+    # ------------------------------------------------------------------ writers
+    def save_circuit(self, circuit) -> Path:
+        """Write ``circuit`` (a Circuit) as ``<circuit.task>.json``; an earlier miss is dropped."""
+        path = circuit.save(self.circuit_file(circuit.task))
+        self.missed_file(circuit.task).unlink(missing_ok=True)
+        return path
+
+    def save_missed(self, missed: MissedTarget) -> Path:
+        path = write_text(self.missed_file(missed.task), missed.to_json_str())
+        self.circuit_file(missed.task).unlink(missing_ok=True)
+        self.validation_file(missed.task).unlink(missing_ok=True)
+        return path
+
+    def save_validation(self, task: str, report: dict[str, Any]) -> Path:
+        return write_json(self.validation_file(task), report)
+
+    def save_eval(self, evaluation: ModelEval) -> Path:
+        return write_text(self._eval_file(), evaluation.to_json_str())
+
+    # ------------------------------------------------------------------ readers
+    def missed(self, task: str) -> MissedTarget | None:
+        path = self.missed_file(task)
+        if not path.is_file():
+            return None
+        return MissedTarget.from_dict(read_json(path, what="missed-target record"), source=path)
+
+    def validation(self, task: str) -> dict[str, Any] | None:
+        path = self.validation_file(task)
+        if not path.is_file():
+            return None
+        return read_json(path, what="validation report")
+
+    def evaluation(self) -> ModelEval | None:
+        path = self._eval_file()
+        if not path.is_file():
+            return None
+        return ModelEval.from_dict(read_json(path, what="evaluation"), source=path)
+
+    def _eval_file(self) -> Path:
+        if self.eval_file is None:
+            raise SparseLensError("this circuit store has no eval.json", path=self.directory)
+        return self.eval_file
+
+
+def _is_circuit(name: str) -> bool:
+    return not name.endswith((".validation.json", ".missed.json"))
+
+
+def read_json(path: Path, what: str) -> Any:
+    """The JSON in ``path``; a missing or malformed file is one SparseLensError naming it."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SparseLensError(f"no {what} here", path=path) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise SparseLensError(f"cannot read the {what} ({error})", path=path) from None

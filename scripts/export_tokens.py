@@ -17,6 +17,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from sparse_lens.defaults import HELDOUT_FRACTION
 from sparse_lens.errors import SparseLensError
 from sparse_lens.train.data import load_train_data
 from sparse_lens.train.token_set import export_token_set, read_manifest
@@ -34,7 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--vocab-size", type=int, default=2048, help="ids including EOT")
     parser.add_argument("--tokenizer", metavar="FILE", help="a tokenizer.json to encode with")
-    parser.add_argument("--heldout-fraction", type=float, default=0.02)
+    parser.add_argument("--heldout-fraction", type=float, default=HELDOUT_FRACTION)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     try:

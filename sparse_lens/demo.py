@@ -44,12 +44,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sparse_lens.defaults import MEAN_TOKENS, N_PAIRS, N_RANDOM_SETS
 from sparse_lens.tasks.files import TasksDirs
 
 DEFAULT_MODEL = "stdlib-sparse"
 DEFAULT_TASK = "single_double_quote"
 DEFAULT_OUT = "sparse-lens-demo.html"
-CIRCUITS_DIR = "circuits"
 PAPER_SIZES = {"single_double_quote": (12, 9)}
 """(nodes, edges) of the paper's circuit for a task, printed for comparison."""
 N_STAGES = 6
@@ -146,21 +146,6 @@ class _Stages:
 
 # --------------------------------------------------------------------------------------------
 # Locating things
-
-
-def model_directory(name_or_path: str | Path) -> Path:
-    """The directory a model name or path loads from (a path, else a shipped model's dir)."""
-    from sparse_lens.io.checkpoint import resolve_checkpoint_dir
-    from sparse_lens.pretrained import shipped_model_dir
-
-    directory = resolve_checkpoint_dir(Path(name_or_path))
-    return directory if directory.is_dir() else shipped_model_dir(str(name_or_path))
-
-
-def shipped_circuit_paths(model_dir: str | Path, task: str) -> tuple[Path, Path]:
-    """(circuit, validation report) paths of a model's own circuit for ``task``."""
-    folder = Path(model_dir) / CIRCUITS_DIR
-    return folder / f"{task}.json", folder / f"{task}.validation.json"
 
 
 def demo_mean_cache(
@@ -363,11 +348,11 @@ def run_demo(
     target_loss: float | None = None,
     steps: int | None = None,
     seed: int = 0,
-    n_pairs: int = 64,
-    n_random: int = 20,
+    n_pairs: int = N_PAIRS,
+    n_random: int = N_RANDOM_SETS,
     heldout_windows: int = 32,
     corpus: list[str] | None = None,
-    mean_tokens: int = 65_536,
+    mean_tokens: int = MEAN_TOKENS,
     tasks_dir: TasksDirs = None,
     progress: bool = True,
     stream: Any = None,
@@ -380,7 +365,8 @@ def run_demo(
         out: where to write the HTML report (None: no report). A circuit pruned here is also
             saved beside it as ``<out stem>.circuit.json``.
         reprune: prune even if the model ships a circuit for ``task``.
-        target_loss: the loss a circuit must reach when pruned here (default 0.15, the paper's).
+        target_loss: the loss a circuit must reach when pruned here (default
+            :data:`~sparse_lens.defaults.TARGET_LOSS`, the paper's).
             A shipped circuit with another target is not used.
         steps: optimiser steps per pruning run (default: :class:`PruneConfig`'s).
         seed: pruning seed, and seed of the random control sets.
@@ -399,7 +385,7 @@ def run_demo(
     """
     from sparse_lens.circuits import PruneConfig, task_pairs, validate
     from sparse_lens.errors import SparseLensError
-    from sparse_lens.model import SparseTransformer
+    from sparse_lens.io.checkpoint import ModelDir
     from sparse_lens.tasks import get_task
 
     if n_pairs < 1 or n_random < 1 or heldout_windows < 0 or mean_tokens < 1:
@@ -412,15 +398,17 @@ def run_demo(
     stage = _Stages(progress, stream)
 
     stage(f"loading model {model}")
-    net = SparseTransformer.from_pretrained(model).eval()
-    model_dir = model_directory(model)
+    located = ModelDir.resolve(model)
+    net = located.load().eval()
+    model_dir = located.path
 
     stage("mean cache (node means over held-out pretraining tokens)")
     cache, cache_where = demo_mean_cache(
         net, model_dir, n_tokens=mean_tokens, corpus=corpus, progress=progress
     )
 
-    circuit_path, validation_path = shipped_circuit_paths(model_dir, spec.name)
+    store = located.circuits
+    circuit_path = store.circuit_file(spec.name)
     result = DemoResult(
         model=str(model),
         model_dir=model_dir,
@@ -466,8 +454,9 @@ def run_demo(
         progress=progress,
     )
     report["split"] = "test"
-    shuffled = _shipped_shuffled(validation_path, circuit) if result.source == "shipped" else None
+    shuffled = _shipped_shuffled(store, circuit) if result.source == "shipped" else None
     if shuffled is not None:
+        validation_path = store.validation_file(circuit.task)
         report.update(shuffled)
         report["by_ablation"][circuit.ablation].update(shuffled)
         report["shuffled_label_control"] = f"recorded in {validation_path.name}"
@@ -512,15 +501,13 @@ def run_demo(
     return result
 
 
-def _shipped_shuffled(path: Path, circuit: Any) -> dict[str, Any] | None:
+def _shipped_shuffled(store: Any, circuit: Any) -> dict[str, Any] | None:
     """The shuffled-label numbers of a shipped validation report made for this circuit."""
-    import json
+    from sparse_lens.errors import SparseLensError
 
-    if not path.is_file():
-        return None
     try:
-        saved = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        saved = store.validation(circuit.task)
+    except SparseLensError:
         return None
     if not isinstance(saved, dict) or saved.get("weights_hash") != circuit.weights_hash:
         return None
@@ -714,10 +701,8 @@ __all__ = [
     "NodeRole",
     "demo_mean_cache",
     "format_demo",
-    "model_directory",
     "node_roles",
     "role_guess",
     "run_demo",
-    "shipped_circuit_paths",
     "verdict",
 ]

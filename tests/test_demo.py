@@ -27,7 +27,8 @@ from sparse_lens.circuits import (
     task_pairs,
 )
 from sparse_lens.cli import main as cli_main
-from sparse_lens.demo import role_guess, shipped_circuit_paths
+from sparse_lens.demo import role_guess
+from sparse_lens.io.checkpoint import ModelDir
 from sparse_lens.nodes import node_sites
 from sparse_lens.pretrained import PRETRAINED_DIR
 
@@ -100,8 +101,8 @@ def shipped_dir(tmp_path, corpus, cache_env):
     circuit = dataclasses.replace(
         draft, achieved_loss=loss, calibrated_loss=loss, target_loss=round(loss + 0.5, 2)
     )
-    circuit_path, validation_path = shipped_circuit_paths(directory, TASK)
-    circuit.save(circuit_path)
+    store = ModelDir(directory, directory.name).circuits
+    store.save_circuit(circuit)
     recorded = {
         "weights_hash": circuit.weights_hash,
         "n_edges": circuit.n_edges,
@@ -111,7 +112,7 @@ def shipped_dir(tmp_path, corpus, cache_env):
         "shuffled_label_loss": 0.6123,
         "shuffled_label_target_met": False,
     }
-    validation_path.write_text(json.dumps(recorded))
+    store.save_validation(TASK, recorded)
     return directory, circuit
 
 
@@ -125,7 +126,8 @@ def test_demo_loads_the_shipped_circuit_validates_explains_and_reports(
     assert code == 0, printed.err
     text = printed.out
     assert (
-        "shipped with the model" in text and str(shipped_circuit_paths(directory, TASK)[0]) in text
+        "shipped with the model" in text
+        and str(ModelDir(directory, "").circuits.circuit_file(TASK)) in text
     )
     assert f"size: {circuit.n_nodes} nodes, {circuit.n_edges} edges" in text
     assert "12 nodes, 9 edges" in text  # the paper's size, for comparison

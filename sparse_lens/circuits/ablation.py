@@ -44,13 +44,14 @@ from safetensors.torch import safe_open, save_file
 from torch import Tensor
 
 from sparse_lens.circuits.registry import ablation_class
+from sparse_lens.defaults import HELDOUT_FRACTION, MEAN_TOKENS
 from sparse_lens.errors import SparseLensError
 from sparse_lens.io.atomic import atomic_path
+from sparse_lens.io.checkpoint import PROVENANCE_FILE
 from sparse_lens.nodes import NodeSite, node_sites
 
 MEAN_CACHE_FILE = "mean_cache.safetensors"
 CACHE_FORMAT_VERSION = "1"
-DEFAULT_MEAN_TOKENS = 65_536
 DEFAULT_BANK_SIZE = 1024
 
 
@@ -227,7 +228,7 @@ def load_mean_cache(path: str | Path) -> MeanCache:
 def pretraining_tokens(
     model: torch.nn.Module,
     model_dir: str | Path | None = None,
-    n_tokens: int = DEFAULT_MEAN_TOKENS,
+    n_tokens: int = MEAN_TOKENS,
     corpus: list[str] | None = None,
     progress: bool = True,
 ) -> Int[Tensor, "n_seq n_ctx"]:
@@ -248,9 +249,9 @@ def pretraining_tokens(
             "token tensor to compute_mean_cache instead",
             field="tokenizer",
         )
-    heldout_fraction = 0.02
+    heldout_fraction = HELDOUT_FRACTION
     sources = corpus
-    provenance = Path(model_dir) / "training.json" if model_dir is not None else None
+    provenance = Path(model_dir) / PROVENANCE_FILE if model_dir is not None else None
     if provenance is not None and provenance.is_file():
         try:
             train_config = json.loads(provenance.read_text()).get("train_config", {})
@@ -275,7 +276,7 @@ def mean_cache_for(
     model: torch.nn.Module,
     model_dir: str | Path | None,
     *,
-    n_tokens: int = DEFAULT_MEAN_TOKENS,
+    n_tokens: int = MEAN_TOKENS,
     tokens: Int[Tensor, "n_seq n_pos"] | None = None,
     corpus: list[str] | None = None,
     n_bank: int = DEFAULT_BANK_SIZE,

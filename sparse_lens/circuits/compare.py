@@ -24,6 +24,7 @@ from sparse_lens.circuits.ablation import MeanCache, weights_hash
 from sparse_lens.circuits.circuit import Circuit
 from sparse_lens.circuits.pruning import PruneConfig, prune_task
 from sparse_lens.errors import SparseLensError
+from sparse_lens.io.checkpoint import CircuitStore
 from sparse_lens.tasks.files import TasksDirs
 
 
@@ -64,9 +65,10 @@ def _circuit_for(
     progress: bool,
     tasks_dir: TasksDirs,
 ) -> tuple[Circuit | None, float]:
-    path = None
+    store = None
     if circuits_dir is not None:
-        path = circuits_dir / weights_hash(model)[:16] / f"{task}.json"
+        store = CircuitStore(circuits_dir / weights_hash(model)[:16])
+        path = store.circuit_file(task)
         if path.is_file():
             try:
                 saved = Circuit.load(path, model)
@@ -83,8 +85,8 @@ def _circuit_for(
         model_id=model_id,
         progress=progress,
     )
-    if result.circuit is not None and path is not None:
-        result.circuit.save(path)
+    if result.circuit is not None and store is not None:
+        store.save_circuit(result.circuit)
     return result.circuit, result.best_loss
 
 

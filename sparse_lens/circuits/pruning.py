@@ -53,6 +53,7 @@ from sparse_lens.circuits.evaluate import (
 )
 from sparse_lens.circuits.masks import NodeMasks, keep_hooks
 from sparse_lens.circuits.registry import ablation_names
+from sparse_lens.defaults import TARGET_LOSS
 from sparse_lens.errors import SparseLensError
 from sparse_lens.nodes import node_name, node_sites
 from sparse_lens.tasks.batch import TaskBatch
@@ -70,7 +71,7 @@ class PruneConfig:
     ``steps`` and ``search``, which fit a CPU budget (one task in about two minutes on two cores
     for the shipped model). Losses are the tasks package's (mean binary CE per prompt)."""
 
-    target_loss: float = 0.15
+    target_loss: float = TARGET_LOSS
     ablation: str = "mean"
     seed: int = 0
     steps: int = 60

@@ -39,6 +39,7 @@ from sparse_lens.circuits.pruning import (
     take_rows,
     task_pairs,
 )
+from sparse_lens.defaults import N_PAIRS, N_RANDOM_SETS
 from sparse_lens.nodes import node_sites
 from sparse_lens.tasks.batch import TaskBatch
 from sparse_lens.tasks.files import TasksDirs
@@ -110,7 +111,7 @@ def validate(
     *,
     train: TaskBatch | None = None,
     ablations: tuple[str, ...] = ("mean", "zero"),
-    n_random: int = 20,
+    n_random: int = N_RANDOM_SETS,
     match: str = "type",
     shuffled: bool = True,
     shuffled_config: PruneConfig | None = None,
@@ -212,7 +213,7 @@ def validate_circuit(
     circuit: Circuit,
     cache: MeanCache | None = None,
     *,
-    n_pairs: int = 64,
+    n_pairs: int = N_PAIRS,
     split: str = "test",
     tasks_dir: TasksDirs = None,
     shuffled: bool = True,

@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from sparse_lens.cli.options import add_tasks_dir
+from sparse_lens.defaults import MEAN_TOKENS, N_PAIRS, N_RANDOM_SETS, TARGET_LOSS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -54,12 +55,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     validate.add_argument("circuit", metavar="CIRCUIT.json")
     validate.add_argument("--json", metavar="FILE", help="also write the report as JSON")
     validate.add_argument(
-        "--n-pairs", type=int, default=64, help="held-out pairs to evaluate (default 64)"
+        "--n-pairs",
+        type=int,
+        default=N_PAIRS,
+        help=f"held-out pairs to evaluate (default {N_PAIRS})",
     )
     validate.add_argument(
         "--split", default="test", help="task split to evaluate on (default test)"
     )
-    validate.add_argument("--n-random", type=int, default=20, help="random node sets (default 20)")
+    validate.add_argument(
+        "--n-random",
+        type=int,
+        default=N_RANDOM_SETS,
+        help=f"random node sets (default {N_RANDOM_SETS})",
+    )
     validate.add_argument(
         "--ablations",
         default="mean,zero",
@@ -97,7 +106,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _pruning_options(parser: argparse.ArgumentParser, modes: list[str]) -> None:
     parser.add_argument(
-        "--target-loss", type=float, default=0.15, help="task loss to reach (default 0.15)"
+        "--target-loss",
+        type=float,
+        default=TARGET_LOSS,
+        help=f"task loss to reach (default {TARGET_LOSS})",
     )
     parser.add_argument(
         "--ablation", choices=modes, default="mean", help="what pruned nodes become (default mean)"
@@ -124,23 +136,17 @@ def _common(parser: argparse.ArgumentParser) -> None:
         help="corpus for the mean cache (default: the model's training corpus, else the stdlib)",
     )
     parser.add_argument(
-        "--mean-tokens", type=int, default=65536, help="tokens the means average over"
+        "--mean-tokens", type=int, default=MEAN_TOKENS, help="tokens the means average over"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def _load_model(name_or_path: str):
     """(model, its directory): a checkpoint directory or a shipped model name."""
-    from sparse_lens.io.checkpoint import resolve_checkpoint_dir
-    from sparse_lens.model import SparseTransformer
+    from sparse_lens.io.checkpoint import ModelDir
 
-    model = SparseTransformer.from_pretrained(name_or_path)
-    directory = resolve_checkpoint_dir(Path(name_or_path))
-    if not directory.is_dir():
-        from sparse_lens.pretrained import shipped_model_dir
-
-        directory = shipped_model_dir(name_or_path)
-    return model, directory
+    located = ModelDir.resolve(name_or_path)
+    return located.load(), located.path
 
 
 def _cache(model, directory: Path, args: argparse.Namespace, needed: bool = True):

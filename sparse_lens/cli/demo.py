@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 
 from sparse_lens.cli.options import add_tasks_dir
+from sparse_lens.defaults import MEAN_TOKENS, N_PAIRS, N_RANDOM_SETS, TARGET_LOSS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -47,7 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--target-loss",
         type=float,
-        help="loss a pruned circuit must reach (default 0.15; a shipped circuit with another "
+        help=f"loss a pruned circuit must reach (default {TARGET_LOSS}; a shipped circuit with another "
         "target is not used)",
     )
     parser.add_argument(
@@ -55,9 +56,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of pruning and random sets")
     parser.add_argument(
-        "--n-pairs", type=int, default=64, help="test-split pairs to validate on (default 64)"
+        "--n-pairs",
+        type=int,
+        default=N_PAIRS,
+        help=f"test-split pairs to validate on (default {N_PAIRS})",
     )
-    parser.add_argument("--n-random", type=int, default=20, help="random node sets (default 20)")
+    parser.add_argument(
+        "--n-random",
+        type=int,
+        default=N_RANDOM_SETS,
+        help=f"random node sets (default {N_RANDOM_SETS})",
+    )
     parser.add_argument(
         "--heldout-windows",
         type=int,
@@ -72,7 +81,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "corpus, else the stdlib)",
     )
     parser.add_argument(
-        "--mean-tokens", type=int, default=65536, help="tokens the means average over"
+        "--mean-tokens", type=int, default=MEAN_TOKENS, help="tokens the means average over"
     )
     parser.add_argument(
         "--no-progress", action="store_true", help="no stage lines or progress bars"

@@ -58,15 +58,15 @@ def run_report(args: argparse.Namespace) -> int:
     if args.examples < 1 or args.heldout_windows < 0 or args.top_k < 1:
         args._parser.error("--examples and --top-k must be >= 1, --heldout-windows >= 0")
 
-    from sparse_lens.io.checkpoint import model_directory
-    from sparse_lens.model import SparseTransformer
+    from sparse_lens.io.checkpoint import ModelDir
     from sparse_lens.tasks import get_task
     from sparse_lens.viz import write_report
 
     task = get_task(args.task, args.tasks_dir)  # an unknown task fails before any work
-    model = SparseTransformer.from_pretrained(args.model).eval()
-    model_dir = model_directory(args.model)  # shipped names too: reuse the shipped mean cache
-    circuit_path = args.circuit or _own_circuit(model_dir, task.name)
+    located = ModelDir.resolve(args.model)  # shipped names too: reuse the shipped mean cache
+    model = located.load().eval()
+    model_dir = located.path
+    circuit_path = args.circuit or _own_circuit(located, task.name)
     circuit = (
         _load_circuit(circuit_path, model) if circuit_path else _prune(model, model_dir, task, args)
     )
@@ -96,11 +96,9 @@ def run_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _own_circuit(model_dir, task: str):
+def _own_circuit(located, task: str):
     """The model directory's own circuit for ``task`` (shipped models carry them), if any."""
-    from sparse_lens.demo import shipped_circuit_paths
-
-    path, _ = shipped_circuit_paths(model_dir, task)
+    path = located.circuits.circuit_file(task)
     return str(path) if path.is_file() else None
 
 
@@ -108,10 +106,12 @@ def _beside(circuit_path):
     """``<stem>.validation.json`` next to a circuit file, if it exists."""
     from pathlib import Path
 
+    from sparse_lens.io.checkpoint import CircuitStore
+
     if not circuit_path:
         return None
     path = Path(circuit_path)
-    path = path.with_name(f"{path.stem}.validation.json")
+    path = CircuitStore(path.parent).validation_file(path.stem)
     return str(path) if path.is_file() else None
 
 

@@ -13,6 +13,7 @@ import argparse
 import sys
 
 from sparse_lens.cli.options import add_tasks_dir
+from sparse_lens.defaults import N_PAIRS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -52,7 +53,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "model", help="a model directory (config.json + model.safetensors) or shipped name"
     )
     ev.add_argument("--task", default="all", help="a task name or 'all' (default all)")
-    ev.add_argument("--n-pairs", type=int, default=64, help="pairs per task (default 64)")
+    ev.add_argument(
+        "--n-pairs", type=int, default=N_PAIRS, help=f"pairs per task (default {N_PAIRS})"
+    )
     ev.add_argument("--seed", type=int, default=0, help="which pairs to draw (default 0)")
     ev.add_argument("--split", default="test", help="train, validation or test (default test)")
     add_tasks_dir(ev)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 
+from sparse_lens.defaults import HELDOUT_FRACTION
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -28,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(default: the standard library)",
     )
     train.add_argument("--vocab-size", type=int, default=2048, help="ids including EOT")
-    train.add_argument("--heldout-fraction", type=float, default=0.02)
+    train.add_argument("--heldout-fraction", type=float, default=HELDOUT_FRACTION)
     train.add_argument("--out", required=True, metavar="FILE", help="tokenizer.json to write")
     train.add_argument(
         "--seed",

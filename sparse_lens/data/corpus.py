@@ -34,9 +34,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sparse_lens.defaults import HELDOUT_FRACTION
 from sparse_lens.errors import SparseLensError
 
-DEFAULT_HELDOUT_FRACTION = 0.02
 DEFAULT_MAX_FILE_BYTES = 1_000_000
 # Directory names never descended into: installed third-party packages and bytecode caches.
 EXCLUDED_DIRS = frozenset({"site-packages", "dist-packages", "__pycache__"})
@@ -78,7 +78,7 @@ class Corpus:
     manifest_hash: str
     skipped: dict[str, int] = field(default_factory=dict)
     sources: list[str] = field(default_factory=list)
-    heldout_fraction: float = DEFAULT_HELDOUT_FRACTION
+    heldout_fraction: float = HELDOUT_FRACTION
 
     def split(self, name: str) -> list[Document]:
         """The documents of split ``name`` ("train" or "heldout")."""
@@ -107,7 +107,7 @@ class Corpus:
 
 def load_corpus(
     sources: Sequence[str | Path] | str | Path | None = None,
-    heldout_fraction: float = DEFAULT_HELDOUT_FRACTION,
+    heldout_fraction: float = HELDOUT_FRACTION,
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
 ) -> Corpus:
     """Read ``sources`` (default: the standard library) into a split :class:`Corpus`.

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from sparse_lens.defaults import N_PAIRS
 from sparse_lens.errors import SparseLensError
 from sparse_lens.tasks.files import TasksDirs
 from sparse_lens.tasks.generate import PairSet, Prompt
@@ -222,7 +223,7 @@ def evaluate_batch(model, batch: TaskBatch, *, batch_size: int = 64) -> dict:
 def evaluate_task(
     model,
     task: Task | str,
-    n_pairs: int = 64,
+    n_pairs: int = N_PAIRS,
     seed: int = 0,
     split: str = "test",
     *,

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sparse_lens.defaults import HELDOUT_FRACTION
 from sparse_lens.errors import SparseLensError
 
 try:  # Python >= 3.11
@@ -77,7 +78,7 @@ class TrainConfig:
     """Seeds model init and the batch order (batches are a pure function of seed and step)."""
     corpus: list[str] = field(default_factory=list)
     """Corpus sources (directories, globs, files); empty means the Python standard library."""
-    heldout_fraction: float = 0.02
+    heldout_fraction: float = HELDOUT_FRACTION
     """Fraction of files held out for evaluation (split by file name hash)."""
     vocab_size: int = 2048
     """Vocabulary of the BPE tokenizer trained on the corpus (ignored with ``tokenizer``)."""

@@ -30,6 +30,7 @@ from sparse_lens.data import (
     train_tokenizer,
 )
 from sparse_lens.data.tokenizer import RECIPE_VERSION
+from sparse_lens.defaults import HELDOUT_FRACTION
 from sparse_lens.errors import SparseLensError
 
 
@@ -93,7 +94,7 @@ def load_train_data(
     corpus_sources: list[str],
     vocab_size: int,
     seed: int,
-    heldout_fraction: float = 0.02,
+    heldout_fraction: float = HELDOUT_FRACTION,
     tokenizer: Tokenizer | str | Path | None = None,
     progress: bool = True,
 ) -> TrainData:

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from sparse_lens.data import eval_batches, load_corpus, split_tokens
+from sparse_lens.defaults import HELDOUT_FRACTION
 from sparse_lens.errors import SparseLensError
 
 
@@ -32,7 +33,7 @@ def heldout_loss(
     *,
     batch_size: int = 16,
     n_batches: int = 4,
-    heldout_fraction: float = 0.02,
+    heldout_fraction: float = HELDOUT_FRACTION,
     progress: bool = False,
 ) -> HeldoutLoss:
     """Loss of ``model`` on the first ``batch_size * n_batches`` held-out windows of ``corpus``

@@ -21,13 +21,14 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from sparse_lens.errors import SparseLensError
+from sparse_lens.io.checkpoint import METRICS_FILE
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     """The records of a metrics.jsonl (a directory means its metrics.jsonl); skips torn lines."""
     path = Path(path)
     if path.is_dir():
-        path = path / "metrics.jsonl"
+        path = path / METRICS_FILE
     if not path.is_file():
         raise SparseLensError("metrics file not found", path=path)
     records = []

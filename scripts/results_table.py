@@ -12,26 +12,22 @@ Nothing is recomputed here; tests/test_shipped.py recomputes the numbers this ta
 from __future__ import annotations
 
 import argparse
-import json
 import math
 
+from sparse_lens.circuits import Circuit
 from sparse_lens.circuits.compare import CompareRow, geometric_mean_ratio
-from sparse_lens.pretrained import PRETRAINED_DIR
+from sparse_lens.defaults import TARGET_LOSS
+from sparse_lens.io.checkpoint import ModelDir
+from sparse_lens.io.records import MissedTarget, ModelEval
 
 
-def _load(model: str) -> tuple[dict, dict, dict]:
-    directory = PRETRAINED_DIR / model
-    evaluation = json.loads((directory / "eval.json").read_text())
-    tasks = {row["task"]: row for row in evaluation["tasks"]}
-    natural = {row["task"]: row for row in evaluation.get("natural", [])}
-    circuits = {}
-    for path in sorted((directory / "circuits").glob("*.json")):
-        if path.name.endswith(".validation.json"):
-            continue
-        record = json.loads(path.read_text())
-        record["missed"] = path.name.endswith(".missed.json")
-        circuits[record["task"]] = record
-    return tasks, natural, circuits
+def _load(model: str) -> tuple[ModelEval, dict[str, Circuit | MissedTarget]]:
+    store = ModelDir.resolve(model).circuits
+    results: dict[str, Circuit | MissedTarget] = {
+        task: Circuit.load(store.circuit_file(task)) for task in store.circuit_tasks()
+    }
+    results.update({task: store.missed(task) for task in store.missed_tasks()})
+    return store.evaluation(), results
 
 
 def _geomean(values: list[int]) -> float | None:
@@ -40,48 +36,51 @@ def _geomean(values: list[int]) -> float | None:
     return math.exp(sum(math.log(max(v, 1)) for v in values) / len(values))
 
 
-def _full(row: dict, target: float) -> str:
+def _full(row, target: float) -> str:
     """Full-model task loss and accuracy; bold where the full model meets the target."""
-    mark = "**" if row["loss"] <= target else ""
-    return f"{mark}{row['loss']:.3f}{mark} / {row['accuracy']:.2f}"
+    mark = "**" if row.loss <= target else ""
+    return f"{mark}{row.loss:.3f}{mark} / {row.accuracy:.2f}"
 
 
-def _circuit(circuit: dict | None) -> str:
-    if circuit is None:
+def _circuit(result: Circuit | MissedTarget | None) -> str:
+    if result is None:
         return "not pruned"
-    if circuit["missed"]:
-        return f"missed (best {circuit['best_loss']:.3f})"
-    return f"{circuit['n_nodes']}, {circuit['n_edges']} ({circuit['achieved_loss']:.3f})"
+    if isinstance(result, MissedTarget):
+        return f"missed (best {result.best_loss:.3f})"
+    return f"{result.n_nodes}, {result.n_edges} ({result.achieved_loss:.3f})"
+
+
+def _found(result: Circuit | MissedTarget | None) -> Circuit | None:
+    return result if isinstance(result, Circuit) else None
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sparse", default="stdlib-sparse")
     parser.add_argument("--dense", default="stdlib-dense")
-    parser.add_argument("--target-loss", type=float, default=0.15)
+    parser.add_argument("--target-loss", type=float, default=TARGET_LOSS)
     args = parser.parse_args()
 
-    s_tasks, s_natural, s_circuits = _load(args.sparse)
-    d_tasks, d_natural, d_circuits = _load(args.dense)
+    s_eval, s_circuits = _load(args.sparse)
+    d_eval, d_circuits = _load(args.dense)
     print(
         "| task | sparse loss / acc | dense loss / acc | sparse circuit: nodes, edges (loss) "
         "| dense circuit: nodes, edges (loss) | dense / sparse edges |"
     )
     print("|---|---|---|---|---|---|")
     rows = []
-    for task in sorted(s_tasks):
-        s, d = s_tasks[task], d_tasks[task]
+    for task in sorted(row.task for row in s_eval.tasks):
+        s, d = s_eval.task(task), d_eval.task(task)
         sc, dc = s_circuits.get(task), d_circuits.get(task)
-        found_s = sc if sc and not sc["missed"] else None
-        found_d = dc if dc and not dc["missed"] else None
+        found_s, found_d = _found(sc), _found(dc)
         row = CompareRow(
             task,
-            found_s and found_s["n_edges"],
-            found_d and found_d["n_edges"],
-            found_s and found_s["n_nodes"],
-            found_d and found_d["n_nodes"],
-            found_s["achieved_loss"] if found_s else float("nan"),
-            found_d["achieved_loss"] if found_d else float("nan"),
+            found_s and found_s.n_edges,
+            found_d and found_d.n_edges,
+            found_s and found_s.n_nodes,
+            found_d and found_d.n_nodes,
+            found_s.achieved_loss if found_s else float("nan"),
+            found_d.achieved_loss if found_d else float("nan"),
         )
         rows.append(row)
         print(
@@ -90,14 +89,14 @@ def main() -> None:
             f"{'-' if row.ratio is None else f'{row.ratio:.1f}x'} |"
         )
     both = [r for r in rows if r.ratio is not None]
-    solved_s = sum(1 for r in s_tasks.values() if r["loss"] <= args.target_loss)
-    solved_d = sum(1 for r in d_tasks.values() if r["loss"] <= args.target_loss)
+    solved_s = len(s_eval.solved(args.target_loss))
+    solved_d = len(d_eval.solved(args.target_loss))
     print()
     print(
         f"full model at task loss <= {args.target_loss}: sparse {solved_s}/20, dense {solved_d}/20"
     )
     for name, records in (("sparse", s_circuits), ("dense", d_circuits)):
-        met = sum(1 for r in records.values() if not r["missed"])
+        met = sum(1 for r in records.values() if _found(r) is not None)
         print(f"{name}: {len(records)} tasks pruned, {met} circuits meet the target")
     print(f"both models have a circuit for {len(both)} tasks")
     gs = _geomean([r.sparse_edges for r in both])
@@ -108,11 +107,11 @@ def main() -> None:
             f"geometric mean of edges over the {len(both)} tasks both met: sparse {gs:.1f}, "
             f"dense {gd:.1f}, ratio {ratio:.2f}x (paper: about 16x)"
         )
-    for name, natural in (("sparse", s_natural), ("dense", d_natural)):
-        for task, row in sorted(natural.items()):
+    for name, evaluation in (("sparse", s_eval), ("dense", d_eval)):
+        for row in sorted(evaluation.natural, key=lambda r: r.task):
             print(
-                f"natural-code {task} ({name}, {row['n_prompts']} instances mined from the "
-                f"held-out stdlib files): loss {row['loss']:.3f}, accuracy {row['accuracy']:.3f}"
+                f"natural-code {row.task} ({name}, {row.n_prompts} instances mined from the "
+                f"held-out stdlib files): loss {row.loss:.3f}, accuracy {row.accuracy:.3f}"
             )
 
 

@@ -18,31 +18,40 @@ are pruned (``--tasks-from MODEL``: the tasks MODEL solves).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 
-from sparse_lens import SparseTransformer
 from sparse_lens.circuits import Circuit, PruneConfig, mean_cache_for, prune_task, validate_circuit
 from sparse_lens.data import load_corpus, stdlib_dir
+from sparse_lens.defaults import N_EVAL_PAIRS, SHIPPED_PRUNE_STEPS, TARGET_LOSS
 from sparse_lens.errors import SparseLensError
-from sparse_lens.pretrained import PRETRAINED_DIR
+from sparse_lens.io.checkpoint import CircuitStore, ModelDir
+from sparse_lens.io.records import MissedTarget, ModelEval
 from sparse_lens.tasks import evaluate_natural, evaluate_task, task_names
 from sparse_lens.tasks.natural import natural_tasks
 
-N_EVAL_PAIRS = 256
 
-
-def evaluate_all(model, directory) -> dict:
-    path = directory / "eval.json"
-    if path.is_file():
-        return json.loads(path.read_text())
+def evaluate_all(model, store: CircuitStore) -> ModelEval:
+    """The store's eval.json, made first if it is missing."""
+    evaluation = store.evaluation()
+    if evaluation is not None:
+        return evaluation
     templates = [evaluate_task(model, name, n_pairs=N_EVAL_PAIRS) for name in task_names()]
     heldout_files = [stdlib_dir() / d.name for d in load_corpus(None).heldout]
     natural = [evaluate_natural(model, name, heldout_files) for name in natural_tasks()]
-    result = {"n_pairs": N_EVAL_PAIRS, "split": "test", "tasks": templates, "natural": natural}
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    return result
+    evaluation = ModelEval.from_dict(
+        {"n_pairs": N_EVAL_PAIRS, "split": "test", "tasks": templates, "natural": natural}
+    )
+    store.save_eval(evaluation)
+    return evaluation
+
+
+def saved_circuit(store: CircuitStore, task: str, model) -> Circuit | None:
+    """The stored circuit for ``task`` if it belongs to these weights."""
+    try:
+        return Circuit.load(store.circuit_file(task), model)
+    except SparseLensError:
+        return None
 
 
 def main() -> None:
@@ -50,69 +59,47 @@ def main() -> None:
     parser.add_argument("model", help="shipped model name")
     parser.add_argument("--tasks-from", help="prune the tasks this shipped model solves")
     parser.add_argument("--tasks", nargs="*", help="prune exactly these tasks")
-    parser.add_argument("--target-loss", type=float, default=0.15)
+    parser.add_argument("--target-loss", type=float, default=TARGET_LOSS)
     parser.add_argument(
         "--steps",
         type=int,
-        default=200,
-        help="optimiser steps per search run (default 200; PruneConfig's 60 finds larger circuits)",
+        default=SHIPPED_PRUNE_STEPS,
+        help=f"optimiser steps per search run (default {SHIPPED_PRUNE_STEPS}; PruneConfig's "
+        f"{PruneConfig.steps} finds larger circuits)",
     )
     parser.add_argument("--no-shuffled", action="store_true", help="skip shuffled-label pruning")
     args = parser.parse_args()
 
-    directory = PRETRAINED_DIR / args.model
-    model = SparseTransformer.from_pretrained(args.model)
-    evaluation = evaluate_all(model, directory)
-    for row in evaluation["tasks"]:
-        print(
-            f"{row['task']:<28} loss {row['loss']:.4f} acc {row['accuracy']:.3f}", file=sys.stderr
-        )
-    source = (
-        evaluate_all(
-            SparseTransformer.from_pretrained(args.tasks_from), PRETRAINED_DIR / args.tasks_from
-        )
-        if args.tasks_from
-        else evaluation
-    )
-    tasks = args.tasks or [r["task"] for r in source["tasks"] if r["loss"] <= args.target_loss]
+    located = ModelDir.resolve(args.model)
+    model = located.load()
+    store = located.circuits
+    evaluation = evaluate_all(model, store)
+    for row in evaluation.tasks:
+        print(f"{row.task:<28} loss {row.loss:.4f} acc {row.accuracy:.3f}", file=sys.stderr)
+    if args.tasks_from:
+        other = ModelDir.resolve(args.tasks_from)
+        evaluation = evaluate_all(other.load(), other.circuits)
+    tasks = args.tasks or evaluation.solved(args.target_loss)
     print(f"pruning {len(tasks)} tasks: {tasks}", file=sys.stderr)
 
     cache = mean_cache_for(model, None)  # user cache dir: too big to ship
-    out = directory / "circuits"
-    out.mkdir(exist_ok=True)
     config = PruneConfig(target_loss=args.target_loss, steps=args.steps)
     for task in tasks:
-        path = out / f"{task}.json"
         start = time.perf_counter()
-        circuit = None
-        if path.is_file():
-            try:
-                circuit = Circuit.load(path, model)
-            except SparseLensError:
-                circuit = None
+        circuit = saved_circuit(store, task, model)
         if circuit is None:
             result = prune_task(model, task, config=config, cache=cache, model_id=args.model)
             if result.circuit is None:
                 print(f"{task}: target missed (best {result.best_loss:.4f})", file=sys.stderr)
-                (out / f"{task}.missed.json").write_text(
-                    json.dumps(
-                        {
-                            "task": task,
-                            "best_loss": result.best_loss,
-                            "full_loss": result.full_loss,
-                            "settings": config.to_dict(),
-                        },
-                        indent=2,
-                    )
+                store.save_missed(
+                    MissedTarget(task, result.best_loss, result.full_loss, config.to_dict())
                 )
                 continue
             circuit = result.circuit
-            circuit.save(path)
-            (out / f"{task}.missed.json").unlink(missing_ok=True)  # an earlier pass's miss
-        report_path = out / f"{task}.validation.json"
-        if not report_path.is_file():
+            store.save_circuit(circuit)
+        if store.validation(task) is None:
             report = validate_circuit(model, circuit, cache, shuffled=not args.no_shuffled)
-            report_path.write_text(json.dumps(report, indent=2) + "\n")
+            store.save_validation(task, report)
         print(
             f"{task}: {circuit.n_nodes} nodes, {circuit.n_edges} edges, loss "
             f"{circuit.achieved_loss:.4f} ({time.perf_counter() - start:.0f} s)",

@@ -13,21 +13,17 @@ the shipped models' 1/20 solved tasks would need.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 
-from sparse_lens import SparseTransformer
-from sparse_lens.io.checkpoint import model_directory
+from sparse_lens.defaults import N_EVAL_PAIRS, TARGET_LOSS
+from sparse_lens.io.checkpoint import ModelDir
 from sparse_lens.tasks import evaluate_task, task_names
-from sparse_lens.train.checkpoint import PROVENANCE_FILE
-
-N_PAIRS = 256
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="+", help="run directories or shipped model names")
-    parser.add_argument("--target-loss", type=float, default=0.15)
+    parser.add_argument("--target-loss", type=float, default=TARGET_LOSS)
     args = parser.parse_args()
 
     print(
@@ -36,9 +32,10 @@ def main() -> None:
     )
     print("|---|---|---|---|---|---|---|")
     for name in args.models:
-        training = json.loads((model_directory(name) / PROVENANCE_FILE).read_text())
-        model = SparseTransformer.from_pretrained(name)
-        rows = [evaluate_task(model, task, n_pairs=N_PAIRS) for task in task_names()]
+        located = ModelDir.resolve(name)
+        training = located.provenance()
+        model = located.load()
+        rows = [evaluate_task(model, task, n_pairs=N_EVAL_PAIRS) for task in task_names()]
         losses = [r["loss"] for r in rows]
         solved = sum(loss <= args.target_loss for loss in losses)
         accurate = sum(r["accuracy"] >= 0.9 for r in rows)

@@ -114,6 +114,10 @@ def test_a_task_holds_a_circuit_or_a_miss_never_both(tmp_path):
     assert store.circuit_tasks() == ["quote"] and store.missed("quote") is None
     assert Circuit.load(path, model) == circuit
     store.save_validation("quote", {"full_loss": 0.05})
+    assert store.validation("quote") == {"full_loss": 0.05}
+    store.save_circuit(circuit)  # a new circuit: the old report does not describe it
+    assert store.validation("quote") is None
+    store.save_validation("quote", {"full_loss": 0.05})
     store.save_missed(miss)  # a later pass missed: the stale circuit and its report go
     assert store.circuit_tasks() == [] and store.validation("quote") is None
 

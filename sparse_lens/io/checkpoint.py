@@ -280,7 +280,8 @@ class CircuitStore:
     ``<task>.validation.json`` is the mapping ``validate_circuit`` returned, stored as given;
     ``<task>.missed.json`` is a :class:`~sparse_lens.io.records.MissedTarget`; ``eval_file``
     (a model directory's ``eval.json``) is a :class:`~sparse_lens.io.records.ModelEval`.
-    A task has a circuit or a miss, never both: saving one removes the other.
+    A task has a circuit or a miss, never both: saving one removes the other. A report
+    describes one circuit: saving a circuit or a miss removes the task's old report.
     """
 
     directory: Path
@@ -309,9 +310,11 @@ class CircuitStore:
 
     # ------------------------------------------------------------------ writers
     def save_circuit(self, circuit) -> Path:
-        """Write ``circuit`` (a Circuit) as ``<circuit.task>.json``; an earlier miss is dropped."""
+        """Write ``circuit`` (a Circuit) as ``<circuit.task>.json``; an earlier miss or report
+        is dropped."""
         path = circuit.save(self.circuit_file(circuit.task))
         self.missed_file(circuit.task).unlink(missing_ok=True)
+        self.validation_file(circuit.task).unlink(missing_ok=True)
         return path
 
     def save_missed(self, missed: MissedTarget) -> Path:

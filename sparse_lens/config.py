@@ -12,17 +12,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import types
-import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from transformer_lens.config import TransformerLensConfig
 
 from sparse_lens.errors import SparseLensError
 from sparse_lens.io.atomic import write_json
+from sparse_lens.schema import checked_values, dataclass_from_dict
 
 ABSTOPK_LOCATIONS = (
     "attn_in",
@@ -170,34 +168,14 @@ class SparseConfig(TransformerLensConfig):
     @classmethod
     def from_dict(cls, config_dict: dict[str, Any], *, source: str | Path | None = None) -> SparseConfig:
         """Build a config, refusing unknown fields (named in the error, with ``source``)."""
-        if not isinstance(config_dict, dict):
-            raise SparseLensError("a config must be a JSON object / TOML table", path=source)
-        known = {f.name for f in dataclasses.fields(cls)} - set(_RUNTIME_FIELDS)
-        unknown = sorted(set(config_dict) - known)
-        if unknown:
-            raise SparseLensError(
-                f"unknown config field(s) {unknown}; known fields: {sorted(known)}",
-                path=source,
-                field=unknown[0],
-            )
-        hints = typing.get_type_hints(cls)
-        values = {}
-        for name, value in config_dict.items():
-            if isinstance(value, list) and typing.get_origin(hints[name]) is tuple:
-                value = tuple(value)  # JSON has no tuples
-            if not _matches(value, hints[name]):
-                raise SparseLensError(
-                    f"expected {_describe(hints[name])}, got {type(value).__name__} {value!r}",
-                    path=source,
-                    field=name,
-                )
-            values[name] = value
-        try:
-            return cls(**values)
-        except SparseLensError as error:
-            if source is None:
-                raise
-            raise SparseLensError(str(error), path=source, field=None) from None
+        return dataclass_from_dict(
+            cls,
+            config_dict,
+            source=source,
+            what="a config (a JSON object / TOML table)",
+            exclude=_RUNTIME_FIELDS,
+            noun="config field",
+        )
 
     def to_json(self, path: str | Path) -> None:
         write_json(path, self.to_dict(), sort_keys=True)
@@ -223,42 +201,8 @@ class SparseConfig(TransformerLensConfig):
 
 def _check_types(cfg: SparseConfig) -> None:
     """Reject ill-typed field values (e.g. a string where an int belongs), naming the field."""
-    hints = typing.get_type_hints(SparseConfig)
-    for f in dataclasses.fields(cfg):
-        if f.name in _RUNTIME_FIELDS:
-            continue
-        value = getattr(cfg, f.name)
-        if not _matches(value, hints[f.name]):
-            raise SparseLensError(
-                f"expected {_describe(hints[f.name])}, got {type(value).__name__} {value!r}",
-                field=f.name,
-            )
-
-
-def _matches(value: Any, hint: Any) -> bool:
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        return any(_matches(value, arg) for arg in typing.get_args(hint))
-    if hint is type(None):
-        return value is None
-    if origin is tuple:
-        (item,) = {a for a in typing.get_args(hint) if a is not Ellipsis}
-        return isinstance(value, tuple) and all(_matches(v, item) for v in value)
-    if hint is bool:
-        return isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is torch.dtype:
-        return isinstance(value, torch.dtype)
-    if isinstance(hint, type):
-        return isinstance(value, hint)
-    return True
-
-
-def _describe(hint: Any) -> str:
-    return str(hint).replace("typing.", "").replace("<class '", "").replace("'>", "")
+    names = [f.name for f in dataclasses.fields(cfg) if f.name not in _RUNTIME_FIELDS]
+    checked_values(SparseConfig, {name: getattr(cfg, name) for name in names})
 
 
 def field_names() -> list[str]:

@@ -89,12 +89,14 @@ def dataclass_from_dict(
     what: str = "a JSON object / TOML table",
     exclude: typing.Collection[str] = (),
     prefix: str = "",
+    noun: str = "field",
 ) -> T:
     """Build ``cls(**data)``, refusing unknown, missing and ill-typed fields by name.
 
     ``exclude`` lists dataclass fields a file may not set (runtime-only fields); ``prefix`` is
-    prepended to field names in errors (``train.`` for a table inside a file). Errors the
-    dataclass's own ``__post_init__`` raises as SparseLensError get ``source`` attached.
+    prepended to field names in errors (``train.`` for a table inside a file); ``noun`` names
+    what a key is in the unknown-key message ("training field"). Errors the dataclass's own
+    ``__post_init__`` raises as SparseLensError get ``source`` attached.
     """
     if not isinstance(data, dict):
         raise SparseLensError(f"must be {what}, got {type(data).__name__}", path=source)
@@ -102,7 +104,7 @@ def dataclass_from_dict(
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise SparseLensError(
-            f"unknown field; known fields: {', '.join(sorted(fields))}",
+            f"unknown {noun}; known {noun}s: {', '.join(sorted(fields))}",
             path=source,
             field=prefix + str(unknown[0]),
         )
@@ -115,17 +117,7 @@ def dataclass_from_dict(
     ]
     if missing:
         raise SparseLensError("missing key", path=source, field=prefix + missing[0])
-    hints = typing.get_type_hints(cls)
-    values = {}
-    for name, value in data.items():
-        hint = hints[name]
-        if not matches(value, hint):
-            raise SparseLensError(
-                f"expected {describe(hint)}, got {type(value).__name__} {value!r}"[:240],
-                path=source,
-                field=prefix + name,
-            )
-        values[name] = _coerce(value, hint)
+    values = checked_values(cls, data, source=source, prefix=prefix)
     try:
         return cls(**values)
     except SparseLensError as error:
@@ -136,6 +128,30 @@ def dataclass_from_dict(
             path=source,
             field=None if error.field is None else prefix + error.field,
         ) from None
+
+
+def checked_values(
+    cls: type,
+    values: typing.Mapping[str, Any],
+    *,
+    source: str | Path | None = None,
+    prefix: str = "",
+) -> dict[str, Any]:
+    """``values`` (field name -> value) checked against ``cls``'s annotations and coerced to
+    them (see :func:`matches`); a dataclass's ``__post_init__`` uses it to check direct
+    construction the same way a file is checked."""
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for name, value in values.items():
+        hint = hints[name]
+        if not matches(value, hint):
+            raise SparseLensError(
+                f"expected {describe(hint)}, got {type(value).__name__} {value!r}"[:240],
+                path=source,
+                field=prefix + name,
+            )
+        out[name] = _coerce(value, hint)
+    return out
 
 
 class Reader:
@@ -241,13 +257,13 @@ class Reader:
         """A Reader over element ``index`` of the list at ``key``."""
         return Reader(value, self.source, f"{self.field_name(key)}[{index}]")
 
-    def done(self) -> None:
-        """Refuse every key of this object that no accessor read."""
+    def done(self, noun: str = "field") -> None:
+        """Refuse every key of this object that no accessor read (``noun``: what a key is)."""
         unknown = sorted(set(self.data) - self._read)
         if unknown:
             raise self.fail(
-                str(unknown[0]), f"unknown field; known here: {', '.join(sorted(self._read))}"
+                str(unknown[0]), f"unknown {noun}; known here: {', '.join(sorted(self._read))}"
             )
 
 
-__all__ = ["Reader", "dataclass_from_dict", "matches", "describe"]
+__all__ = ["Reader", "checked_values", "dataclass_from_dict", "matches", "describe"]

@@ -19,7 +19,6 @@ nodes (everything else ablated: sufficiency) or ablate only its nodes (necessity
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -34,6 +33,7 @@ from sparse_lens.errors import SparseLensError
 from sparse_lens.io.atomic import write_text
 from sparse_lens.model.graph import edge_matrices, io_weights
 from sparse_lens.nodes import check_node, node_name, node_sites, site_by_hook
+from sparse_lens.schema import Reader
 
 FORMAT_VERSION = 1
 Mode = Literal["keep", "ablate"]
@@ -225,24 +225,23 @@ class Circuit:
     @classmethod
     def from_dict(cls, data: Any, source: str | Path | None = None) -> Circuit:
         """Parse and check the structure of a circuit dict (SparseLensError naming the field)."""
-        if not isinstance(data, dict):
-            raise SparseLensError("a circuit file must hold a JSON object", path=source)
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise SparseLensError(
-                f"unknown key (known: {sorted(known)})", path=source, field=unknown[0]
-            )
-        get = _Reader(data, source)
-        nodes = [
-            CircuitNode(
-                get.text(n, "hook", f"nodes[{i}]"),
-                get.integer(n, "index", f"nodes[{i}]"),
-                get.text(n, "name", f"nodes[{i}]"),
-                get.text(n, "type", f"nodes[{i}]"),
-            )
-            for i, n in enumerate(get.array(data, "nodes"))
-        ]
+        top = Reader(data, source)
+
+        def rows(key: str, build: Any) -> list:
+            """``build(reader)`` for each object of the list at ``key``; extra keys refused."""
+            out = []
+            for i, item in enumerate(top.array(key)):
+                reader = top.item(key, i, item)
+                out.append(build(reader))
+                reader.done()
+            return out
+
+        nodes = rows(
+            "nodes",
+            lambda n: CircuitNode(
+                n.text("hook"), n.integer("index"), n.text("name"), n.text("type")
+            ),
+        )
         for i, node in enumerate(nodes):
             if node.name != node_name(node.hook, node.index):
                 raise SparseLensError(
@@ -250,47 +249,38 @@ class Circuit:
                     path=source,
                     field=f"nodes[{i}].name",
                 )
-        edges = [
-            CircuitEdge(
-                get.text(e, "src", f"edges[{i}]"),
-                get.text(e, "dst", f"edges[{i}]"),
-                get.number(e, "weight", f"edges[{i}]"),
-            )
-            for i, e in enumerate(get.array(data, "edges"))
-        ]
-        io = [
-            IOConnection(
-                get.text(c, "src", f"io_connections[{i}]"),
-                get.text(c, "dst", f"io_connections[{i}]"),
-                get.integer(c, "n_weights", f"io_connections[{i}]"),
-                get.number(c, "norm", f"io_connections[{i}]"),
-            )
-            for i, c in enumerate(get.array(data, "io_connections"))
-        ]
+        edges = rows(
+            "edges", lambda e: CircuitEdge(e.text("src"), e.text("dst"), e.number("weight"))
+        )
+        io = rows(
+            "io_connections",
+            lambda c: IOConnection(
+                c.text("src"), c.text("dst"), c.integer("n_weights"), c.number("norm")
+            ),
+        )
         circuit = cls(
-            model_id=get.text(data, "model_id"),
-            weights_hash=get.text(data, "weights_hash"),
-            task=get.text(data, "task"),
-            split=get.text(data, "split"),
-            target_loss=get.number(data, "target_loss"),
-            achieved_loss=get.number(data, "achieved_loss"),
-            target_met=get.flag(data, "target_met"),
-            calibrated_loss=get.number(data, "calibrated_loss"),
-            logit_scale=get.number(data, "logit_scale"),
-            logit_shift=get.number(data, "logit_shift"),
-            ablation=get.text(data, "ablation"),
-            seed=get.integer(data, "seed"),
-            n_nodes=get.integer(data, "n_nodes"),
-            n_edges=get.integer(data, "n_edges"),
+            model_id=top.text("model_id"),
+            weights_hash=top.text("weights_hash"),
+            task=top.text("task"),
+            split=top.text("split"),
+            target_loss=top.number("target_loss"),
+            achieved_loss=top.number("achieved_loss"),
+            target_met=top.flag("target_met"),
+            calibrated_loss=top.number("calibrated_loss"),
+            logit_scale=top.number("logit_scale"),
+            logit_shift=top.number("logit_shift"),
+            ablation=top.text("ablation"),
+            seed=top.integer("seed"),
+            n_nodes=top.integer("n_nodes"),
+            n_edges=top.integer("n_edges"),
             nodes=nodes,
             edges=edges,
             io_connections=io,
-            settings=get.mapping(data, "settings", required=False),
-            search=get.array(data, "search", required=False),
-            format_version=get.integer(
-                data, "format_version", required=False, default=FORMAT_VERSION
-            ),
+            settings=top.mapping("settings", {}),
+            search=top.array("search", []),
+            format_version=top.integer("format_version", FORMAT_VERSION),
         )
+        top.done()
         if circuit.format_version != FORMAT_VERSION:
             raise SparseLensError(
                 f"format {circuit.format_version} is not supported (this version reads {FORMAT_VERSION})",
@@ -393,72 +383,3 @@ def _norm(t: Tensor) -> float:
 def _jsonable(value: Any) -> Any:
     """The value as JSON would give it back (tuples -> lists), so round trips compare equal."""
     return json.loads(json.dumps(value, allow_nan=False))
-
-
-class _Reader:
-    """Typed field access for :meth:`Circuit.from_dict`; errors name the field."""
-
-    _MISSING = object()
-
-    def __init__(self, data: dict, source: str | Path | None):
-        self.source = source
-
-    def _get(self, obj: Any, key: str, where: str, required: bool, default: Any) -> Any:
-        name = f"{where}.{key}" if where else key
-        if not isinstance(obj, dict):
-            raise SparseLensError("must be a JSON object", path=self.source, field=where or key)
-        if key not in obj:
-            if required:
-                raise SparseLensError("missing key", path=self.source, field=name)
-            return default
-        return obj[key]
-
-    def _fail(self, key: str, where: str, want: str, value: Any) -> SparseLensError:
-        name = f"{where}.{key}" if where else key
-        return SparseLensError(
-            f"expected {want}, got {type(value).__name__} {value!r}"[:200],
-            path=self.source,
-            field=name,
-        )
-
-    def text(self, obj: Any, key: str, where: str = "") -> str:
-        value = self._get(obj, key, where, True, None)
-        if not isinstance(value, str):
-            raise self._fail(key, where, "a string", value)
-        return value
-
-    def integer(
-        self, obj: Any, key: str, where: str = "", required: bool = True, default: Any = None
-    ) -> int:
-        value = self._get(obj, key, where, required, default)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise self._fail(key, where, "an integer", value)
-        return value
-
-    def number(self, obj: Any, key: str, where: str = "") -> float:
-        value = self._get(obj, key, where, True, None)
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, (int, float))
-            or not math.isfinite(value)
-        ):
-            raise self._fail(key, where, "a finite number", value)
-        return float(value)
-
-    def flag(self, obj: Any, key: str, where: str = "") -> bool:
-        value = self._get(obj, key, where, True, None)
-        if not isinstance(value, bool):
-            raise self._fail(key, where, "true or false", value)
-        return value
-
-    def array(self, obj: Any, key: str, where: str = "", required: bool = True) -> list:
-        value = self._get(obj, key, where, required, [])
-        if not isinstance(value, list):
-            raise self._fail(key, where, "a list", value)
-        return value
-
-    def mapping(self, obj: Any, key: str, where: str = "", required: bool = True) -> dict:
-        value = self._get(obj, key, where, required, {})
-        if not isinstance(value, dict):
-            raise self._fail(key, where, "an object", value)
-        return value

@@ -56,6 +56,7 @@ from sparse_lens.circuits.registry import ablation_names
 from sparse_lens.defaults import TARGET_LOSS
 from sparse_lens.errors import SparseLensError
 from sparse_lens.nodes import node_name, node_sites
+from sparse_lens.schema import dataclass_from_dict
 from sparse_lens.tasks.batch import TaskBatch
 from sparse_lens.tasks.files import TasksDirs
 
@@ -144,27 +145,7 @@ class PruneConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str | None = None) -> PruneConfig:
         """Build from a mapping (e.g. a circuit's ``settings``), refusing unknown keys."""
-        hints = {f.name: f.type for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - set(hints))
-        if unknown:
-            raise SparseLensError(
-                f"unknown pruning setting (known: {sorted(hints)})", path=source, field=unknown[0]
-            )
-        values = dict(data)
-        for name, value in data.items():
-            if name == "search":
-                try:
-                    values[name] = tuple(tuple(float(x) for x in run) for run in value)
-                except (TypeError, ValueError):
-                    raise SparseLensError(
-                        "must be a list of [k_coef, lr] pairs", path=source, field=name
-                    ) from None
-            elif hints[name] == "float" and isinstance(value, int) and not isinstance(value, bool):
-                values[name] = float(value)
-        try:
-            return cls(**values)
-        except TypeError as error:
-            raise SparseLensError(str(error), path=source, field="settings") from None
+        return dataclass_from_dict(cls, data, source=source, noun="pruning setting")
 
 
 @dataclass

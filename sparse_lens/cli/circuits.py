@@ -149,6 +149,13 @@ def _load_model(name_or_path: str):
     return located.load(), located.path
 
 
+def _needs_cache(*modes: str) -> bool:
+    """Whether any of these ablation modes needs the mean cache (the mode's own answer)."""
+    from sparse_lens.circuits.registry import ablation_class
+
+    return any(ablation_class(mode).needs_cache for mode in modes)
+
+
 def _cache(model, directory: Path, args: argparse.Namespace, needed: bool = True):
     from sparse_lens.circuits import mean_cache_for
 
@@ -181,7 +188,7 @@ def run_prune(args: argparse.Namespace) -> int:
 
     config = _config(args)
     model, directory = _load_model(args.model)
-    cache = _cache(model, directory, args, needed=args.ablation != "zero")
+    cache = _cache(model, directory, args, needed=_needs_cache(args.ablation))
     result = prune_task(
         model,
         args.task,
@@ -217,7 +224,7 @@ def run_validate(args: argparse.Namespace) -> int:
     ablations = tuple(a.strip() for a in args.ablations.split(",") if a.strip())
     for mode in ablations:
         ablation_class(mode)  # unknown names are a one-line error before any work
-    needs_cache = any(m != "zero" for m in (circuit.ablation, *ablations))
+    needs_cache = _needs_cache(circuit.ablation, *ablations)
     cache = _cache(model, directory, args, needed=needs_cache)
     report = validate_circuit(
         model,
@@ -300,7 +307,7 @@ def run_compare(args: argparse.Namespace) -> int:
     config = _config(args)
     sparse, sparse_dir = _load_model(args.sparse)
     dense, dense_dir = _load_model(args.dense)
-    needed = args.ablation != "zero"
+    needed = _needs_cache(args.ablation)
     rows = compare_models(
         sparse,
         dense,

@@ -25,6 +25,7 @@ from typing import Any
 
 from sparse_lens.defaults import HELDOUT_FRACTION
 from sparse_lens.errors import SparseLensError
+from sparse_lens.schema import Reader, checked_values, dataclass_from_dict
 
 try:  # Python >= 3.11
     import tomllib
@@ -98,7 +99,7 @@ class TrainConfig:
     """``torch.compile`` the training forward (the saved model and evaluation are unaffected)."""
 
     def __post_init__(self) -> None:
-        for name, value in _checked_values(dataclasses.asdict(self)).items():
+        for name, value in checked_values(TrainConfig, dataclasses.asdict(self)).items():
             setattr(self, name, value)
         positive = (
             "steps",
@@ -166,22 +167,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, source: str | Path | None = None) -> TrainConfig:
         """Build from a mapping, refusing unknown keys (named, with ``source``)."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise SparseLensError(
-                f"unknown training field(s) {unknown}; known fields: {sorted(known)}",
-                path=source,
-                field=unknown[0],
-            )
-        try:
-            # Types are checked before construction so the message is ours (naming the field)
-            # whatever runtime type checker may wrap __init__.
-            return cls(**_checked_values(data))
-        except SparseLensError as error:
-            if source is None:
-                raise
-            raise SparseLensError(str(error), path=source) from None
+        return dataclass_from_dict(cls, data, source=source, noun="training field")
 
 
 @dataclass
@@ -247,15 +233,10 @@ def load_config_file(path: str | Path) -> RunConfig:
 
 
 def config_from_dict(data: dict[str, Any], *, source: str | Path | None = None) -> RunConfig:
-    unknown = sorted(set(data) - {"model", "train"})
-    if unknown:
-        raise SparseLensError(
-            f"unknown table(s) {unknown}; a run config has [model] and [train]",
-            path=source,
-            field=unknown[0],
-        )
-    model = dict(data.get("model", {}))
-    train = TrainConfig.from_dict(dict(data.get("train", {})), source=source)
+    top = Reader(data, source)
+    model = dict(top.mapping("model", {}))
+    train = TrainConfig.from_dict(dict(top.mapping("train", {})), source=source)
+    top.done(noun="table")
     config = RunConfig(model=model, train=train, source=str(source or ""))
     config.model_config(model.get("d_vocab", 2048))  # validate the architecture now
     return config
@@ -355,32 +336,3 @@ def _toml_value(raw: str) -> Any:
         return tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
         return None
-
-
-def _checked_values(values: dict[str, Any]) -> dict[str, Any]:
-    """Refuse ill-typed values (e.g. ``steps = "10"`` in TOML), naming the field; ints become
-    floats for float fields and sequences become lists for list fields."""
-    hints = typing.get_type_hints(TrainConfig)
-    out = dict(values)
-    for name, value in values.items():
-        hint = hints[name]
-        if hint is float and isinstance(value, int) and not isinstance(value, bool):
-            out[name] = float(value)
-            continue
-        if hint == list[str]:
-            ok = isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
-            if ok:
-                out[name] = list(value)
-        else:
-            ok = {
-                int: isinstance(value, int) and not isinstance(value, bool),
-                float: isinstance(value, float),
-                bool: isinstance(value, bool),
-                str: isinstance(value, str),
-            }[hint]
-        if not ok:
-            raise SparseLensError(
-                f"expected {getattr(hint, '__name__', hint)}, got {type(value).__name__} {value!r}",
-                field=name,
-            )
-    return out

@@ -20,6 +20,7 @@ from typing import Any
 from sparse_lens.errors import SparseLensError
 from sparse_lens.model.graph import parse_site_hook
 from sparse_lens.nodes import NODE_TYPES, node_name, parse_node_name
+from sparse_lens.schema import Reader, matches
 
 
 @dataclass(frozen=True)
@@ -98,60 +99,81 @@ def circuit_data(circuit: Any) -> CircuitData:
     """Normalise a circuit (see the module docstring); checks that every edge joins two nodes."""
     if isinstance(circuit, CircuitData):
         return circuit
+    source = str(circuit) if isinstance(circuit, (str, Path)) else None
     raw = circuit_dict(circuit)
-    if "nodes" not in raw:
-        raise SparseLensError("a circuit needs a 'nodes' list", field="nodes")
-    nodes = [_node(item) for item in raw["nodes"]]
+    top = Reader(raw, source)
+    nodes = [_node(top, i, item) for i, item in enumerate(top.array("nodes"))]
     names = {n.name for n in nodes}
     if len(names) != len(nodes):
-        raise SparseLensError("the circuit lists a node twice", field="nodes")
-    edges = [_edge(item) for item in raw.get("edges") or []]
-    for edge in edges:
+        raise SparseLensError("the circuit lists a node twice", path=source, field="nodes")
+    edges = [
+        _edge(top, i, item) for i, item in enumerate(top.value("edges", list | None, None) or [])
+    ]
+    for i, edge in enumerate(edges):
         for end in (edge.src, edge.dst):
             if end not in names:
                 raise SparseLensError(
-                    f"edge endpoint {end} is not a node of the circuit", field="edges"
+                    f"edge endpoint {end} is not a node of the circuit",
+                    path=source,
+                    field=f"edges[{i}]",
                 )
     meta = {k: v for k, v in raw.items() if k not in ("nodes", "edges")}
     return CircuitData(nodes=nodes, edges=edges, meta=meta)
 
 
-def _node(item: Any) -> VizNode:
+def _node(top: Reader, i: int, item: Any) -> VizNode:
+    """A node given as its name, a (hook, index) pair, or an object with hook and index (or
+    name), and optionally type; other keys of an object (a Circuit's own) are not ours."""
+    where = f"nodes[{i}]"
+    given_type = None
     if isinstance(item, str):
         hook, index = parse_node_name(item)
-        given_type = None
-    elif isinstance(item, Mapping) and "hook" in item and "index" in item:
-        hook, index, given_type = str(item["hook"]), int(item["index"]), item.get("type")
-    elif isinstance(item, Mapping) and "name" in item:
-        hook, index = parse_node_name(str(item["name"]))
-        given_type = item.get("type")
-    elif isinstance(item, (list, tuple)) and len(item) == 2:
-        hook, index, given_type = str(item[0]), int(item[1]), None
+    elif isinstance(item, Mapping):
+        node = top.item("nodes", i, dict(item))
+        if node.has("hook") and node.has("index"):
+            hook, index = node.text("hook"), node.integer("index")
+        elif node.has("name"):
+            hook, index = parse_node_name(node.text("name"))
+        else:
+            raise node.fail("hook", "a node object needs hook and index, or name")
+        given_type = node.text("type", None)
+    elif isinstance(item, (list, tuple)) and len(item) == 2 and isinstance(item[1], int):
+        hook, index = str(item[0]), item[1]
     else:
         raise SparseLensError(
-            f"cannot read node {item!r}; expected {{hook, index, name, type}}", field="nodes"
+            f"cannot read node {item!r}; expected {{hook, index, name, type}}",
+            path=top.source,
+            field=where,
         )
     found = parse_site_hook(hook)
     if found is None:
         raise SparseLensError(
-            f"'{hook}' is not a node site (e.g. blocks.0.mlp.hook_post)", field="nodes"
+            f"'{hook}' is not a node site (e.g. blocks.0.mlp.hook_post)",
+            path=top.source,
+            field=where,
         )
     site, layer = found
-    node_type = str(given_type) if given_type is not None else site.type
+    node_type = given_type if given_type is not None else site.type
     if node_type not in NODE_TYPES:
         raise SparseLensError(
-            f"unknown node type {node_type!r}; one of {', '.join(NODE_TYPES)}", field="nodes"
+            f"unknown node type {node_type!r}; one of {', '.join(NODE_TYPES)}",
+            path=top.source,
+            field=where,
         )
     return VizNode(node_name(hook, index), hook, index, node_type, layer)
 
 
-def _edge(item: Any) -> VizEdge:
-    try:
-        if isinstance(item, Mapping):
-            return VizEdge(str(item["src"]), str(item["dst"]), float(item["weight"]))
+def _edge(top: Reader, i: int, item: Any) -> VizEdge:
+    """An edge given as an object with src, dst and weight, or a (src, dst, weight) triple."""
+    if isinstance(item, Mapping):
+        edge = top.item("edges", i, dict(item))
+        return VizEdge(edge.text("src"), edge.text("dst"), edge.number("weight"))
+    if isinstance(item, (list, tuple)) and len(item) == 3:
         src, dst, weight = item
-        return VizEdge(str(src), str(dst), float(weight))
-    except (KeyError, TypeError, ValueError):
-        raise SparseLensError(
-            f"cannot read edge {item!r}; expected {{src, dst, weight}}", field="edges"
-        ) from None
+        if isinstance(src, str) and isinstance(dst, str) and matches(weight, float):
+            return VizEdge(src, dst, float(weight))
+    raise SparseLensError(
+        f"cannot read edge {item!r}; expected {{src, dst, weight}}",
+        path=top.source,
+        field=f"edges[{i}]",
+    )

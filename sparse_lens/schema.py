@@ -65,17 +65,22 @@ def describe(hint: Any) -> str:
 
 
 def _coerce(value: Any, hint: Any) -> Any:
-    """JSON has no tuples and TOML writes 1 for 1.0: give the dataclass what it declares."""
+    """JSON has no tuples and TOML writes 1 for 1.0: give the dataclass what it declares
+    (recursively, so ``[[1, 10]]`` becomes ``((1.0, 10.0),)`` for ``tuple[tuple[float, float], ...]``)."""
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         for arg in typing.get_args(hint):
             if arg is not type(None) and matches(value, arg):
                 return _coerce(value, arg)
         return value
-    if origin is tuple and isinstance(value, list):
-        return tuple(value)
-    if origin is list and isinstance(value, tuple):
-        return list(value)
+    if origin in (tuple, list) and isinstance(value, (tuple, list)):
+        args = typing.get_args(hint)
+        if origin is tuple and args and args[-1] is not Ellipsis and len(args) == len(value):
+            items = [_coerce(v, arg) for v, arg in zip(value, args, strict=True)]
+        else:
+            item = next((a for a in args if a is not Ellipsis), Any)
+            items = [_coerce(v, item) for v in value]
+        return tuple(items) if origin is tuple else items
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     return value

@@ -157,17 +157,17 @@ def load_pretrained(name_or_path: str | Path | ModelDir, device: str | None = No
 
     from sparse_lens.model.transformer import SparseTransformer
 
-    directory = ModelDir.resolve(name_or_path).path
-    cfg = SparseConfig.from_json(directory / CONFIG_FILE)
+    located = ModelDir.resolve(name_or_path)
+    cfg = SparseConfig.from_json(located.config_file)
     if device is not None:
         cfg.device = device
-    weights_path = directory / WEIGHTS_FILE
+    weights_path = located.weights_file
     if not weights_path.is_file():
         raise SparseLensError("model weights are missing; the checkpoint is incomplete", path=weights_path)
     tensors = decode_tensors(weights_path)
 
     tokenizer = None
-    tokenizer_path = directory / TOKENIZER_FILE
+    tokenizer_path = located.tokenizer_file
     if tokenizer_path.is_file():
         try:
             tokenizer = Tokenizer.from_file(str(tokenizer_path))
@@ -259,8 +259,13 @@ class ModelDir:
         return self.path / METRICS_FILE
 
     @property
+    def eval_file(self) -> Path:
+        """eval.json: the full model on every task (owned by :attr:`circuits`)."""
+        return self.path / EVAL_FILE
+
+    @property
     def circuits(self) -> CircuitStore:
-        return CircuitStore(self.path / CIRCUITS_DIR, eval_file=self.path / EVAL_FILE)
+        return CircuitStore(self.path / CIRCUITS_DIR, eval_file=self.eval_file)
 
     def provenance(self) -> dict[str, Any]:
         """training.json as a mapping (SparseLensError if missing or not JSON)."""

@@ -136,7 +136,7 @@ def _node(top: Reader, i: int, item: Any) -> VizNode:
             hook, index = parse_node_name(node.text("name"))
         else:
             raise node.fail("hook", "a node object needs hook and index, or name")
-        given_type = node.text("type", None)
+        given_type = node.value("type", str | None, None)
     elif isinstance(item, (list, tuple)) and len(item) == 2 and isinstance(item[1], int):
         hook, index = str(item[0]), item[1]
     else:

@@ -69,7 +69,7 @@ def evaluate_bridges(dense, sparse, bridges: Bridges, batches: Iterable[Tensor])
         **{name: value / count for name, value in sums.items()},
         "sites": [
             {"site": site.label, "hook": site.hook, **{k: v / count for k, v in s.items()}}
-            for site, s in zip(sites, site_sums)
+            for site, s in zip(sites, site_sums, strict=True)
         ],
         "tokens": count,
     }
@@ -86,7 +86,7 @@ def format_table(result: dict[str, Any], control: dict[str, Any] | None = None) 
             row += [f"{other['kl_enc']:.4f}", f"{other['kl_dec']:.4f}"]
         rows.append(row)
     widths = [max(len(r[c]) for r in rows) for c in range(len(header))]
-    lines = ["  ".join(cell.rjust(w) for cell, w in zip(r, widths)) for r in rows]
+    lines = ["  ".join(cell.rjust(w) for cell, w in zip(r, widths, strict=True)) for r in rows]
     lines.append(
         f"CE dense {result['ce_dense']:.4f}, CE sparse {result['ce_sparse']:.4f}, "
         f"KL(dense || sparse) {result['kl_sparse']:.4f}, over {result['tokens']:,} tokens"

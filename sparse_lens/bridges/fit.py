@@ -70,7 +70,9 @@ def ridge_solve(x: Tensor, y: Tensor, ridge: float) -> tuple[Tensor, Tensor]:
     xc, yc = x - mx, y - my
     gram = xc.T @ xc
     lam = ridge * float(gram.diagonal().mean())
-    weight = torch.linalg.solve(gram + lam * torch.eye(gram.shape[0], dtype=gram.dtype), xc.T @ yc).T
+    weight = torch.linalg.solve(
+        gram + lam * torch.eye(gram.shape[0], dtype=gram.dtype), xc.T @ yc
+    ).T
     return weight.float(), (my - mx @ weight.T).float()
 
 
@@ -107,19 +109,26 @@ def fit_bridges(
     for model in (dense, sparse):
         model.requires_grad_(False).eval()
     bridges = Bridges.for_pair(dense, sparse, config.encoder_frac, seed=config.seed)
-    ridge_init_(dense, sparse, bridges, [batch(s) for s in range(config.ridge_batches)], config.ridge)
+    ridge_init_(
+        dense, sparse, bridges, [batch(s) for s in range(config.ridge_batches)], config.ridge
+    )
     optimizer = torch.optim.Adam(bridges.parameters(), lr=config.lr)
     history: list[dict[str, Any]] = []
     done = 0
     bar = tqdm(total=config.steps, desc="bridge fit", unit="step", disable=not progress)
     try:
         for step in range(config.steps):
-            if config.time_limit_s is not None and time.perf_counter() - started > config.time_limit_s:
+            if (
+                config.time_limit_s is not None
+                and time.perf_counter() - started > config.time_limit_s
+            ):
                 break
             lr = config.lr * (1.0 - 0.9 * step / max(config.steps, 1))  # linear decay to 10%
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            terms = bridge_loss(dense, sparse, bridges, batch(config.ridge_batches + step), config.weights)
+            terms = bridge_loss(
+                dense, sparse, bridges, batch(config.ridge_batches + step), config.weights
+            )
             optimizer.zero_grad(set_to_none=True)
             terms.total.backward()
             nn.utils.clip_grad_norm_(bridges.parameters(), 1.0)

@@ -51,7 +51,9 @@ def sublayer_read(model, site: BridgeSite, resid: Float[Tensor, "batch pos d_mod
     the values of its ``hook_read`` node site."""
     block = model.blocks[site.layer]
     norm, pos_norm, sublayer = (
-        (block.ln1, "ln_p1", block.attn) if site.sublayer == "attn" else (block.ln2, "ln_p2", block.mlp)
+        (block.ln1, "ln_p1", block.attn)
+        if site.sublayer == "attn"
+        else (block.ln2, "ln_p2", block.mlp)
     )
     read = norm(resid)
     pos = model.block_positions(resid.shape[0], resid.shape[1])

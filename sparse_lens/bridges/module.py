@@ -39,10 +39,14 @@ class Bridges(nn.Module):
         torch.manual_seed(seed)
         return cls(dense.cfg.n_layers, dense.cfg.d_model, sparse.cfg.d_model, encoder_frac)
 
-    def encode(self, site: int, h_dense: Float[Tensor, "... d_dense"]) -> Float[Tensor, "... d_sparse"]:
+    def encode(
+        self, site: int, h_dense: Float[Tensor, "... d_dense"]
+    ) -> Float[Tensor, "... d_sparse"]:
         return self.topk(self.encoders[site](h_dense))
 
-    def decode(self, site: int, h_sparse: Float[Tensor, "... d_sparse"]) -> Float[Tensor, "... d_dense"]:
+    def decode(
+        self, site: int, h_sparse: Float[Tensor, "... d_sparse"]
+    ) -> Float[Tensor, "... d_dense"]:
         return self.decoders[site](h_sparse)
 
     def config(self) -> dict[str, Any]:
@@ -56,7 +60,10 @@ class Bridges(nn.Module):
     def check_models(self, dense, sparse) -> None:
         """The pair these bridges were fitted for: same layers and widths, else an error."""
         check_pair(dense, sparse)
-        for role, model, width in (("dense", dense, self.d_dense), ("sparse", sparse, self.d_sparse)):
+        for role, model, width in (
+            ("dense", dense, self.d_dense),
+            ("sparse", sparse, self.d_sparse),
+        ):
             if model.cfg.d_model != width:
                 raise SparseLensError(
                     f"the {role} model has d_model {model.cfg.d_model} but the bridges were fitted "

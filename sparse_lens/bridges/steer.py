@@ -147,7 +147,9 @@ def steer(
     rows = torch.arange(tokens.shape[0])
     diffs = []
     for strength in strengths:
-        hook = steering_hook(sparse, bridges, target, counterfactual, float(strength), rms_sparse, direction)
+        hook = steering_hook(
+            sparse, bridges, target, counterfactual, float(strength), rms_sparse, direction
+        )
         with dense.hooks(fwd_hooks=[hook]):
             logits = dense(tokens)[rows, position]
         diffs.append(float((logits[rows, answer_a] - logits[rows, answer_b]).mean()))

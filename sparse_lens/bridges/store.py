@@ -34,7 +34,11 @@ def model_reference(name_or_path: str | Path) -> str:
 
 
 def save_bridges(
-    bridges: Bridges, directory: str | Path, dense: str, sparse: str, info: dict[str, Any] | None = None
+    bridges: Bridges,
+    directory: str | Path,
+    dense: str,
+    sparse: str,
+    info: dict[str, Any] | None = None,
 ) -> Path:
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
@@ -71,7 +75,9 @@ def read_info(directory: str | Path) -> dict[str, Any]:
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise SparseLensError(f"corrupt bridge description ({error})", path=path) from None
     if not isinstance(info, dict) or info.get("format") != FORMAT:
-        raise SparseLensError(f"unknown format (expected format {FORMAT})", path=path, field="format")
+        raise SparseLensError(
+            f"unknown format (expected format {FORMAT})", path=path, field="format"
+        )
     config = info.get("bridges")
     keys = {"n_layers", "d_dense", "d_sparse", "encoder_frac"}
     if not isinstance(config, dict) or set(config) != keys:

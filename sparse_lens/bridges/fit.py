@@ -27,7 +27,7 @@ from sparse_lens.errors import SparseLensError
 class FitConfig:
     steps: int = 300
     """Adam steps after the closed form (0: the ridge solution only)."""
-    batch_size: int = 8
+    batch_size: int = 4
     n_ctx: int = 128
     lr: float = 1e-3
     ridge: float = 1e-4

@@ -8,6 +8,7 @@ atomic: a fresh sibling directory replaces the old one by renames.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -120,3 +121,13 @@ def load_bridged_models(directory: str | Path, dense: str | None = None, sparse:
     sparse_model = SparseTransformer.from_pretrained(sparse or info["sparse"]).requires_grad_(False)
     bridges.check_models(dense_model, sparse_model)
     return bridges, dense_model, sparse_model, info
+
+
+def write_json(path: str | Path, data: Any) -> Path:
+    """Write ``data`` as JSON atomically (a sibling temporary file, then a rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+    return path

@@ -44,6 +44,10 @@ class FitConfig:
                 raise SparseLensError(f"must be >= 1, got {getattr(self, name)}", field=name)
         if self.steps < 0:
             raise SparseLensError(f"must be >= 0, got {self.steps}", field="steps")
+        if self.encoder_frac is not None and not 0.0 < self.encoder_frac <= 1.0:
+            raise SparseLensError(
+                f"must be in (0, 1], got {self.encoder_frac}", field="encoder_frac"
+            )
         if not self.lr > 0 or not self.ridge >= 0:
             raise SparseLensError("lr must be > 0 and ridge >= 0", field="lr")
 

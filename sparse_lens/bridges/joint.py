@@ -85,7 +85,8 @@ class LogBridgeTerms(Callback):
 
     def on_step_end(self, trainer, step: int, metrics) -> None:
         model = trainer.model
-        if not trainer.env.is_main or step % trainer.cfg.log_interval or model.last_terms is None:
+        logged = step % trainer.cfg.log_interval == 0 or step == trainer.cfg.steps
+        if not trainer.env.is_main or not logged or model.last_terms is None:
             return
         terms = model.last_terms
         append_metrics(

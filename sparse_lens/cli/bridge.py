@@ -205,7 +205,7 @@ def _score(dense, sparse, bridges, data, batches: int, batch_size: int, n_ctx: i
 
 
 def run_fit(args: argparse.Namespace) -> int:
-    from sparse_lens.bridges import FitConfig, fit_bridges, save_bridges
+    from sparse_lens.bridges import FitConfig, check_pair, fit_bridges, save_bridges
     from sparse_lens.bridges.evaluate import format_table
     from sparse_lens.bridges.store import model_reference
     from sparse_lens.model import SparseTransformer
@@ -224,6 +224,7 @@ def run_fit(args: argparse.Namespace) -> int:
     )
     dense = SparseTransformer.from_pretrained(args.dense)
     sparse = SparseTransformer.from_pretrained(args.sparse)
+    check_pair(dense, sparse)
     _check_n_ctx(dense, sparse, config.n_ctx)
     data = _data(dense, args.corpus, config.seed, not args.no_progress)
     result = fit_bridges(
@@ -365,4 +366,3 @@ def _check_n_ctx(dense, sparse, n_ctx: int) -> None:
         raise SparseLensError(
             f"must be in [1, {limit}] (the models' context), got {n_ctx}", field="n-ctx"
         )
-

@@ -6,8 +6,9 @@
 1. The per-site evaluation `bridge fit` stored (NMSE both ways, hybrid KL) next to untrained
    bridges of the same seed, and the factor between them.
 2. The quote-type node: of the shipped quote circuit's residual-read nodes, the one whose value
-   in the sparse model, at the scored position, best separates `"` from `'` prompts (effect
-   size on train-split pairs, so the steering pairs are not used to choose it).
+   in the sparse model differs most between the two prompts of a pair (RMS of the paired
+   difference over all tokens, over the node's spread; train-split pairs, so the steering
+   pairs are not used to choose it).
 3. Steering on 64 validation pairs (128 prompts): each prompt's node value set to its contrast
    partner's, token by token, at strengths 0..1; the dense model's logit(correct) -
    logit(wrong), against 8 random directions of the same norm (other channels' decoder rows).
@@ -46,18 +47,17 @@ def quote_type_node(sparse, n_pairs: int = 128) -> tuple[str, list[dict]]:
     _, cache = sparse.run_with_cache(
         batch.tokens, names_filter=lambda name: name.endswith("hook_read")
     )
-    rows = torch.arange(len(batch))
+    mask = batch.mask
     scores = []
     for node in reads:
-        values = cache[node["hook"]][rows, batch.last_pos, node["index"]]
-        a, b = values[batch.label == 0], values[batch.label == 1]
-        pooled = float(torch.cat([a - a.mean(), b - b.mean()]).std()) or 1e-12
+        values = cache[node["hook"]][..., node["index"]]
+        paired = (values[0::2] - values[1::2])[mask[0::2]]  # partners differ only in the quote
+        spread = float(values[mask].std()) or 1e-12
         scores.append(
             {
                 "node": node["name"],
-                "mean_a": float(a.mean()),
-                "mean_b": float(b.mean()),
-                "effect_size": abs(float(a.mean() - b.mean())) / pooled,
+                "paired_rms_diff": float(paired.pow(2).mean().sqrt()),
+                "effect_size": float(paired.pow(2).mean().sqrt()) / spread,
             }
         )
     scores.sort(key=lambda s: -s["effect_size"])

@@ -362,6 +362,9 @@ def test_joint_route_trains_resumes_and_writes_a_plain_sparse_checkpoint(tmp_pat
     )
     assert first.steps == 4 and first.heldout_loss is not None
     sparse = SparseTransformer.from_pretrained(out)  # a plain sparse model
+    # the sparsifier found the wrapped model's weights: they are being projected to top-k
+    assert float((sparse.blocks[0].attn.W_Q == 0).float().mean()) > 0.05
+    assert json.loads((out / "training.json").read_text())["nonzero_fraction"]
     bridges, info = load_bridges(out / "bridges")
     assert info["route"] == "joint" and info["sparse"] == str(out.resolve())
     bridges.check_models(dense, sparse)

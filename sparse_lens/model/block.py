@@ -53,13 +53,29 @@ class TransformerBlock(nn.Module):
         resid: Float[Tensor, "batch pos d_model"],
         pos: Float[Tensor, "batch pos d_pos"] | None = None,
     ) -> Float[Tensor, "batch pos d_model"]:
+        return self.mlp_sublayer(self.attn_sublayer(resid, pos), pos)
+
+    # The two halves are separate so that a hybrid forward (sparse_lens.bridges) can enter or
+    # leave the block at its MLP input, a sublayer site; forward is exactly one after the other.
+    def attn_sublayer(
+        self,
+        resid: Float[Tensor, "batch pos d_model"],
+        pos: Float[Tensor, "batch pos d_pos"] | None = None,
+    ) -> Float[Tensor, "batch pos d_model"]:
+        """hook_resid_pre to hook_resid_mid: the residual stream the MLP reads."""
         resid = self.hook_resid_pre(resid)
         attn_in = self.ln1(resid)
         if pos is not None:
             attn_in = torch.cat([attn_in, self.ln_p1(pos)], dim=-1)
         resid = resid + self.hook_attn_out(self.attn(attn_in))
-        resid = self.hook_resid_mid(self._residual(resid, self.topk_resid_mid))
+        return self.hook_resid_mid(self._residual(resid, self.topk_resid_mid))
 
+    def mlp_sublayer(
+        self,
+        resid: Float[Tensor, "batch pos d_model"],
+        pos: Float[Tensor, "batch pos d_pos"] | None = None,
+    ) -> Float[Tensor, "batch pos d_model"]:
+        """The residual stream after hook_resid_mid to hook_resid_post."""
         mlp_in = self.ln2(resid)
         if pos is not None:
             mlp_in = torch.cat([mlp_in, self.ln_p2(pos)], dim=-1)

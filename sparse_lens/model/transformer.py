@@ -207,6 +207,13 @@ class SparseTransformer(HookedRootModule):
         loss = self.loss_fn(logits, tokens, loss_mask, per_token=loss_per_token)
         return loss if return_type == "loss" else (logits, loss)
 
+    def block_positions(self, batch: int, n_pos: int) -> Float[Tensor, "batch pos d_pos"] | None:
+        """What every block reads beside the residual stream: the position embeddings when they
+        are concatenated to each read, else None (standard positions are in the stream)."""
+        if self.cfg.positional_embedding_type != "concat":
+            return None
+        return self.hook_pos_embed(self.pos_embed(batch, n_pos))
+
     def _fused_loss_applies(self, return_type, per_token, mask, tokens) -> bool:
         """Whether the fused loss (:mod:`sparse_lens.model.fused_loss`) may replace unembed +
         ``loss_fn``: a mean loss without a padding mask, with gradients on, and nothing that

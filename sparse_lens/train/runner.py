@@ -12,12 +12,16 @@ token set (:mod:`~sparse_lens.train.token_set`) instead of the corpus.
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sparse_lens.errors import SparseLensError
 from sparse_lens.train.config import RunConfig, TrainConfig, apply_overrides
 from sparse_lens.train.trainer import Callback, Trainer, TrainResult
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 def checkpoint_run_config(out_dir: str | Path) -> RunConfig:
@@ -43,6 +47,7 @@ def train_from_config(
     callbacks: Sequence[Callback] = (),
     progress: bool = True,
     max_minutes: float | None = None,
+    wrap_model: Callable[[nn.Module], nn.Module] | None = None,
 ) -> TrainResult:
     """Train the model ``run`` describes into ``out_dir`` (or continue it with ``resume``).
 
@@ -50,6 +55,8 @@ def train_from_config(
     ``key=value`` strings applied last (see :func:`~sparse_lens.train.config.apply_overrides`).
     ``max_minutes`` stops the training loop in time to checkpoint within that many minutes of
     wall time (a resumable, unfinished run; see :class:`~sparse_lens.train.trainer.Trainer`).
+    ``wrap_model`` turns the freshly built model into what the trainer trains (the joint bridge
+    route, :mod:`sparse_lens.bridges.joint`, wraps it with its bridges and a frozen dense model).
     """
     import torch
 
@@ -107,6 +114,8 @@ def train_from_config(
         data.check(cfg.n_ctx, cfg.d_vocab)
         torch.manual_seed(run.train.seed)
         model = SparseTransformer(cfg, tokenizer=data.tokenizer, seed=run.train.seed)
+        if wrap_model is not None:
+            model = wrap_model(model)
         trainer = Trainer(
             model,
             run.train,

@@ -51,6 +51,8 @@ from __future__ import annotations
 
 import copy as copy_module
 import functools
+import json
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -254,11 +256,60 @@ class SparseLensArchitectureAdapter(ArchitectureAdapter):
 
 
 def register_architecture() -> None:
-    """Register our adapter with TL's factory (idempotent). build_bridge_from_module looks the
-    architecture name up there; boot_transformers does not use it (it loads HF checkpoints)."""
+    """Register our adapter with TL's factory and teach ``TransformerBridge.boot_transformers``
+    sparse-lens checkpoints (both idempotent; run when this module is imported).
+    build_bridge_from_module looks the architecture name up in the factory."""
     from transformer_lens.factories.architecture_adapter_factory import ArchitectureAdapterFactory
 
     ArchitectureAdapterFactory.register_adapter(ARCHITECTURE, SparseLensArchitectureAdapter)
+    current = TransformerBridge.boot_transformers
+    if not getattr(current, "boots_sparse_lens", False):
+        setattr(TransformerBridge, "boot_transformers", staticmethod(_boot_sparse_lens_too(current)))
+
+
+def sparse_lens_checkpoint(name_or_path: Any) -> Path | None:
+    """The model directory if ``name_or_path`` is a sparse-lens checkpoint folder or the name
+    of a shipped model (a config.json with sparse-lens fields and no HF ``model_type``)."""
+    from sparse_lens.pretrained import PRETRAINED_DIR, shipped_model_names
+
+    if not isinstance(name_or_path, (str, Path)):
+        return None
+    directory = Path(name_or_path)
+    if not directory.is_dir() and str(name_or_path) in shipped_model_names():
+        directory = PRETRAINED_DIR / str(name_or_path)
+    try:
+        config = json.loads((directory / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    ours = isinstance(config, dict) and {"afrac", "bigram_table"} <= config.keys()
+    return directory if ours and "model_type" not in config else None
+
+
+def _boot_sparse_lens_too(boot_transformers: Any) -> Any:
+    """TL's ``boot_transformers``, which reads Hugging Face checkpoints only (their config.json
+    needs a ``model_type``), extended: a sparse-lens checkpoint loads with
+    ``SparseTransformer.from_pretrained`` and is bridged by :func:`to_transformer_bridge`."""
+
+    @functools.wraps(boot_transformers)
+    def boot(model_name: Any, *args: Any, **kwargs: Any) -> Any:
+        directory = sparse_lens_checkpoint(model_name)
+        if directory is None:
+            return boot_transformers(model_name, *args, **kwargs)
+        device, dtype = kwargs.pop("device", None), kwargs.pop("dtype", None)
+        given = [name for name, value in kwargs.items() if value is not None] + (["positional"] if args else [])
+        if given:
+            raise SparseLensError(
+                f"{directory} is a sparse-lens checkpoint; boot_transformers options {given} "
+                "are for Hugging Face models (only device= and dtype= apply)",
+                path=directory,
+            )
+        model = SparseTransformer.from_pretrained(directory, device=None if device is None else str(device))
+        if dtype is not None:
+            model = model.to(dtype)
+        return to_transformer_bridge(model, copy=False)
+
+    boot.boots_sparse_lens = True
+    return boot
 
 
 # --------------------------------------------------------------------------- driver
@@ -516,6 +567,8 @@ def to_nnsight(model: SparseTransformer, *, attention_patterns: bool = False) ->
     return nn_model
 
 
+register_architecture()
+
 __all__ = [
     "ARCHITECTURE",
     "SparseLensBridge",
@@ -523,6 +576,7 @@ __all__ = [
     "bridge_config",
     "hf_tokenizer",
     "register_architecture",
+    "sparse_lens_checkpoint",
     "to_nnsight",
     "to_transformer_bridge",
 ]

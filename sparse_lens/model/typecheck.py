@@ -57,7 +57,7 @@ _mode: Mode = _mode_from_env()
 _state = _State()
 
 
-def typecheck(mode: Mode | bool = "boundary") -> Mode:
+def typecheck(mode: str | bool = "boundary") -> Mode:
     """Set the runtime shape checks (``True`` = ``"boundary"``, ``False`` = ``"off"``); returns
     the previous mode, so ``typecheck(typecheck("all"))`` style restoring works."""
     global _mode

@@ -103,8 +103,8 @@ def test_head_results_miss_the_write_and_say_so(shipped, run):
         heads = cache.stack_head_results(layer=-1)
     per_layer = heads.view(shipped.cfg.n_layers, shipped.cfg.n_heads, *heads.shape[1:]).sum(1)
     miss = max(
-        (per_layer[l] + shipped.blocks[l].attn.b_O - cache["attn_out", l]).abs().max()
-        for l in range(shipped.cfg.n_layers)
+        (per_layer[layer] + shipped.blocks[layer].attn.b_O - cache["attn_out", layer]).abs().max()
+        for layer in range(shipped.cfg.n_layers)
     )
     assert miss > 1e-3, "AbsTopK on the write must make TL's head results non-additive here"
 
@@ -116,20 +116,20 @@ def test_write_mask_makes_head_and_neuron_results_exact(shipped, run):
         with warnings.catch_warnings():
             warnings.simplefilter("error", NonAdditiveWarning)
             heads = cache.stack_head_results(layer=-1)
-            neurons = [cache.get_neuron_results(l) for l in range(shipped.cfg.n_layers)]
+            neurons = [cache.get_neuron_results(layer) for layer in range(shipped.cfg.n_layers)]
             with_rest = cache.stack_head_results(layer=-1, incl_remainder=True)
             dla = direct_logit_attribution(
                 shipped, answer_tokens=answers, incorrect_tokens=wrong, cache=cache, unit="head"
             )
         per_layer = heads.view(shipped.cfg.n_layers, shipped.cfg.n_heads, *heads.shape[1:]).sum(1)
-        for l in range(shipped.cfg.n_layers):
-            kept = (cache["attn_out", l] != 0).float()
+        for layer in range(shipped.cfg.n_layers):
+            kept = (cache["attn_out", layer] != 0).float()
             torch.testing.assert_close(
-                per_layer[l] + shipped.blocks[l].attn.b_O * kept, cache["attn_out", l], rtol=0, atol=1e-5
+                per_layer[layer] + shipped.blocks[layer].attn.b_O * kept, cache["attn_out", layer], rtol=0, atol=1e-5
             )
-            kept = (cache["mlp_out", l] != 0).float()
+            kept = (cache["mlp_out", layer] != 0).float()
             torch.testing.assert_close(
-                neurons[l].sum(-2) + shipped.blocks[l].mlp.b_out * kept, cache["mlp_out", l], rtol=0, atol=1e-5
+                neurons[layer].sum(-2) + shipped.blocks[layer].mlp.b_out * kept, cache["mlp_out", layer], rtol=0, atol=1e-5
             )
         final = cache[f"blocks.{shipped.cfg.n_layers - 1}.hook_resid_post"]
         torch.testing.assert_close(with_rest.sum(0), final, rtol=0, atol=1e-5)
@@ -201,10 +201,10 @@ def test_set_use_attn_result_adds_and_removes_hook_result():
     model.set_use_attn_result(True)
     logits, cache = model.run_with_cache(tokens)
     torch.testing.assert_close(logits, before, rtol=0, atol=1e-6)
-    for l in range(model.cfg.n_layers):
-        result = cache[f"blocks.{l}.attn.hook_result"]
+    for layer in range(model.cfg.n_layers):
+        result = cache[f"blocks.{layer}.attn.hook_result"]
         assert result.shape == (2, 7, model.cfg.n_heads, model.cfg.d_model)
-        torch.testing.assert_close(result.sum(-2) + model.blocks[l].attn.b_O, cache["attn_out", l], rtol=0, atol=1e-5)
+        torch.testing.assert_close(result.sum(-2) + model.blocks[layer].attn.b_O, cache["attn_out", layer], rtol=0, atol=1e-5)
     model.set_use_attn_result(False)
     assert "blocks.0.attn.hook_result" not in model.hook_dict
     assert "blocks.0.attn.hook_result" not in model.run_with_cache(tokens)[1].cache_dict

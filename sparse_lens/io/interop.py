@@ -264,7 +264,7 @@ def register_architecture() -> None:
     ArchitectureAdapterFactory.register_adapter(ARCHITECTURE, SparseLensArchitectureAdapter)
     current = TransformerBridge.boot_transformers
     if not getattr(current, "boots_sparse_lens", False):
-        setattr(TransformerBridge, "boot_transformers", staticmethod(_boot_sparse_lens_too(current)))
+        TransformerBridge.boot_transformers = staticmethod(_boot_sparse_lens_too(current))
 
 
 def sparse_lens_checkpoint(name_or_path: Any) -> Path | None:

@@ -259,7 +259,11 @@ def test_accumulated_bias_and_residual_directions():
     )
     directions = model.tokens_to_residual_directions(torch.tensor([1, 2, 3]))
     assert directions.shape == (3, model.cfg.d_model)
-    assert torch.equal(model.tokens_to_residual_directions(5), model.W_U[:, 5])
+    # the final norm's weight is folded in (TL fold_ln): w * W_U[:, t], zeros of W_U kept
+    folded = model.ln_final.w * model.W_U[:, 5]
+    assert not torch.equal(model.ln_final.w, torch.ones_like(model.ln_final.w))
+    assert torch.equal(model.tokens_to_residual_directions(5), folded)
+    assert torch.equal(directions[2], model.ln_final.w * model.W_U[:, 3])
 
 
 def test_out_of_range_tokens_are_a_clear_error():

@@ -50,8 +50,12 @@ Caveats (tests/test_bridge.py checks them):
 from __future__ import annotations
 
 import copy as copy_module
+import functools
+import json
+from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 from transformer_lens.config import TransformerBridgeConfig
 from transformer_lens.hook_points import HookPoint
@@ -252,11 +256,60 @@ class SparseLensArchitectureAdapter(ArchitectureAdapter):
 
 
 def register_architecture() -> None:
-    """Register our adapter with TL's factory (idempotent). build_bridge_from_module looks the
-    architecture name up there; boot_transformers does not use it (it loads HF checkpoints)."""
+    """Register our adapter with TL's factory and teach ``TransformerBridge.boot_transformers``
+    sparse-lens checkpoints (both idempotent; run when this module is imported).
+    build_bridge_from_module looks the architecture name up in the factory."""
     from transformer_lens.factories.architecture_adapter_factory import ArchitectureAdapterFactory
 
     ArchitectureAdapterFactory.register_adapter(ARCHITECTURE, SparseLensArchitectureAdapter)
+    current = TransformerBridge.boot_transformers
+    if not getattr(current, "boots_sparse_lens", False):
+        TransformerBridge.boot_transformers = staticmethod(_boot_sparse_lens_too(current))
+
+
+def sparse_lens_checkpoint(name_or_path: Any) -> Path | None:
+    """The model directory if ``name_or_path`` is a sparse-lens checkpoint folder or the name
+    of a shipped model (a config.json with sparse-lens fields and no HF ``model_type``)."""
+    from sparse_lens.pretrained import PRETRAINED_DIR, shipped_model_names
+
+    if not isinstance(name_or_path, (str, Path)):
+        return None
+    directory = Path(name_or_path)
+    if not directory.is_dir() and str(name_or_path) in shipped_model_names():
+        directory = PRETRAINED_DIR / str(name_or_path)
+    try:
+        config = json.loads((directory / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    ours = isinstance(config, dict) and {"afrac", "bigram_table"} <= config.keys()
+    return directory if ours and "model_type" not in config else None
+
+
+def _boot_sparse_lens_too(boot_transformers: Any) -> Any:
+    """TL's ``boot_transformers``, which reads Hugging Face checkpoints only (their config.json
+    needs a ``model_type``), extended: a sparse-lens checkpoint loads with
+    ``SparseTransformer.from_pretrained`` and is bridged by :func:`to_transformer_bridge`."""
+
+    @functools.wraps(boot_transformers)
+    def boot(model_name: Any, *args: Any, **kwargs: Any) -> Any:
+        directory = sparse_lens_checkpoint(model_name)
+        if directory is None:
+            return boot_transformers(model_name, *args, **kwargs)
+        device, dtype = kwargs.pop("device", None), kwargs.pop("dtype", None)
+        given = [name for name, value in kwargs.items() if value is not None] + (["positional"] if args else [])
+        if given:
+            raise SparseLensError(
+                f"{directory} is a sparse-lens checkpoint; boot_transformers options {given} "
+                "are for Hugging Face models (only device= and dtype= apply)",
+                path=directory,
+            )
+        model = SparseTransformer.from_pretrained(directory, device=None if device is None else str(device))
+        if dtype is not None:
+            model = model.to(dtype)
+        return to_transformer_bridge(model, copy=False)
+
+    boot.boots_sparse_lens = True
+    return boot
 
 
 # --------------------------------------------------------------------------- driver
@@ -411,28 +464,110 @@ def to_transformer_bridge(model: SparseTransformer, *, copy: bool = True) -> Spa
 
 
 
+def _invoke_tokens(model: SparseTransformer, inputs: tuple) -> Tensor:
+    """One invoke's input as [batch, pos] token ids (strings are tokenized as the model does)."""
+    if not inputs:
+        raise SparseLensError("every tracer.invoke(...) needs the model input", field="input")
+    data = inputs[0]
+    if isinstance(data, Tensor):
+        return model.to_tokens(data, move_to_device=False)
+    if isinstance(data, (str, list)):
+        return model.to_tokens(data, move_to_device=False)
+    raise SparseLensError(
+        f"an invoke's input must be a string, a list of strings or token ids, got {type(data).__name__}",
+        field="input",
+    )
+
+
+def _batch_invokes(model: SparseTransformer, invokes: list[tuple]) -> tuple:
+    """nnsight's ``_batch``: several invokes' inputs as one [batch, pos] forward input.
+
+    Rows keep their invoke's order; shorter inputs are right-padded with end-of-text, which a
+    causal model never lets reach the real positions (so read and edit positions counted from
+    the start, or give every invoke the same length)."""
+    rows = [_invoke_tokens(model, inputs) for inputs, _ in invokes]
+    merged: dict[str, Any] = {}
+    for _, kwargs in invokes:
+        for key, value in kwargs.items():
+            if key in merged and merged[key] is not value and merged[key] != value:
+                raise SparseLensError(
+                    f"invokes pass different {key}= values; one forward runs them all, so pass "
+                    "it once to trace(...)",
+                    field=key,
+                )
+            merged[key] = value
+    width = max(row.shape[1] for row in rows)
+    pad = model.cfg.d_vocab - 1  # end-of-text is the last id (data.tokenizer's contract)
+    padded = [torch.nn.functional.pad(row, (0, width - row.shape[1]), value=pad) for row in rows]
+    return (torch.cat(padded),), merged
+
+
+@functools.cache
+def _nnsight_class() -> type:
+    from nnsight import NNsight
+
+    class SparseNNsight(NNsight):
+        """NNsight for a SparseTransformer: several ``tracer.invoke`` calls batch into one
+        forward (:func:`_batch_invokes`)."""
+
+        def _batch_size(self, *inputs: Any, **kwargs: Any) -> int:
+            if not inputs:
+                return 0
+            return _invoke_tokens(self._module, inputs).shape[0]
+
+        def _batch(self, invokes: list[tuple], fn: Any) -> tuple:
+            if len(invokes) <= 1:
+                return super()._batch(invokes, fn)
+            return _batch_invokes(self._module, invokes)
+
+    return SparseNNsight
+
+
+def _watch_patterns(nn_model: Any, model: SparseTransformer) -> None:
+    """Tell each attention when an nnsight trace waits on its scores or pattern, so it computes
+    them then (and only then: otherwise the fused kernel runs, as without nnsight).
+
+    nnsight reaches modules in execution order, so when attention decides, any worker that will
+    read ``hook_pattern`` of this layer is parked on it (everything before it has run)."""
+    interleaver = nn_model.interleaver
+    for layer, block in enumerate(model.blocks):
+        path = nn_model.blocks[layer].attn.path
+        prefixes = (f"{path}.hook_pattern.", f"{path}.hook_attn_scores.")
+
+        def wanted(prefixes: tuple[str, str] = prefixes) -> bool:
+            return interleaver.interleaving and any(p.startswith(prefixes) for p in interleaver.parked)
+
+        block.attn.patterns_wanted = wanted
+
+
 def to_nnsight(model: SparseTransformer, *, attention_patterns: bool = False) -> Any:
-    """``nnsight.NNsight(model)``: trace, read and edit any HookPoint of ``model``.
+    """``nnsight.NNsight(model)``, able to batch invokes: trace, read and edit any HookPoint.
 
     Inside ``with nn_model.trace(tokens):`` read ``nn_model.blocks[0].mlp.hook_post.output``
     (``.save()`` keeps it past the block) or assign to it (``...output[:, :, 3] = 0`` edits in
     place; ``...output = f(...)`` replaces it). Access modules in the order they run, or nnsight
     raises OutOfOrderError. Results equal ``run_with_hooks`` with the same edit.
 
-    Attention computes patterns only when something hooks ``hook_attn_scores`` /
-    ``hook_pattern`` through TransformerLens (otherwise it runs fused attention, which never
-    forms them), and nnsight's own interception is invisible to that check. With
-    ``attention_patterns=True`` the model is switched to explicit attention
-    (``model.set_explicit_attention(True)``: slower, same maths) so the patterns always exist;
-    this changes ``model`` itself. NNsight too changes the wrapped model in place (an inert
-    forward wrapper per module). Importing nnsight takes a few seconds, hence the lazy import.
-    """
-    from nnsight import NNsight
+    Several ``with tracer.invoke(input):`` blocks in one ``nn_model.trace()`` run as one batch
+    (the usual way to patch a clean activation into a corrupted run); each invoke sees its own
+    rows. Inputs of different lengths are right-padded with end-of-text.
 
+    ``hook_attn_scores`` / ``hook_pattern`` fire whenever a trace reads or edits them: the
+    attention computes them explicitly for that run only (otherwise it uses the fused kernel,
+    which never forms them). NNsight changes the wrapped model in place (an inert forward
+    wrapper per module, and here an inert check on each attention). Importing nnsight takes a
+    few seconds, hence the lazy import. ``attention_patterns=True`` (no longer needed, kept for
+    older code) switches the model to explicit attention for good
+    (``model.set_explicit_attention(True)``).
+    """
     if attention_patterns:
         model.set_explicit_attention(True)
-    return NNsight(model)
+    nn_model = _nnsight_class()(model)
+    _watch_patterns(nn_model, model)
+    return nn_model
 
+
+register_architecture()
 
 __all__ = [
     "ARCHITECTURE",
@@ -441,6 +576,7 @@ __all__ = [
     "bridge_config",
     "hf_tokenizer",
     "register_architecture",
+    "sparse_lens_checkpoint",
     "to_nnsight",
     "to_transformer_bridge",
 ]

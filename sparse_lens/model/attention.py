@@ -16,6 +16,7 @@ When nothing hooks the scores or the pattern, the forward uses fused scaled-dot-
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +26,7 @@ from transformer_lens.hook_points import HookPoint
 
 from sparse_lens.config import SparseConfig
 from sparse_lens.model.components import AbsTopK, maybe_abstopk
+from sparse_lens.model.typecheck import shape_checked
 
 
 def _bias(module: nn.Module, name: str, shape: tuple[int, ...], learned: bool) -> None:
@@ -43,6 +45,9 @@ class Attention(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.always_explicit = False  # see SparseTransformer.set_explicit_attention
+        # Set by sparse_lens.io.interop.to_nnsight: whether an nnsight trace waits on the scores
+        # or the pattern of this module (nnsight's interception is invisible to _hooked).
+        self.patterns_wanted: Callable[[], bool] | None = None
         h, d_in, dh = cfg.n_heads, cfg.d_in, cfg.d_head
         self.W_Q = nn.Parameter(torch.empty(h, d_in, dh))
         self.W_K = nn.Parameter(torch.empty(h, d_in, dh))
@@ -66,8 +71,22 @@ class Attention(nn.Module):
         self.hook_attn_scores = HookPoint()  # [batch, head, query_pos, key_pos]
         self.hook_pattern = HookPoint()  # [batch, head, query_pos, key_pos]
         self.hook_z = HookPoint()  # [batch, pos, head, d_head]
-        if cfg.use_attn_result:
+        self.set_use_attn_result(cfg.use_attn_result)
+
+    def set_use_attn_result(self, use: bool) -> None:
+        """Create or drop ``hook_result`` (the forward reads ``cfg.use_attn_result``)."""
+        if use and not hasattr(self, "hook_result"):
             self.hook_result = HookPoint()  # [batch, pos, head, d_model]
+        elif not use and hasattr(self, "hook_result"):
+            del self.hook_result
+
+    def _explicit(self) -> bool:
+        return (
+            self.always_explicit
+            or _hooked(self.hook_attn_scores)
+            or _hooked(self.hook_pattern)
+            or (self.patterns_wanted is not None and self.patterns_wanted())
+        )
 
     def _project_qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         # One [d_in, 3 * h * d_head] matmul instead of 3 * h tiny per-head ones (the weights stay
@@ -85,12 +104,13 @@ class Attention(nn.Module):
         q, k, v = qkv.split(h * dh, dim=-1)
         return tuple(t(part).view(shape) for t, part in zip(topk, (q, k, v), strict=True))
 
+    @shape_checked
     def forward(self, x: Float[Tensor, "batch pos d_in"]) -> Float[Tensor, "batch pos d_model"]:
         x = self.hook_read(self.topk_read(x))
         q, k, v = self._project_qkv(x)
         q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
 
-        if self.always_explicit or _hooked(self.hook_attn_scores) or _hooked(self.hook_pattern):
+        if self._explicit():
             z = self._explicit_attention(q, k, v)
         else:
             z = self._fused_attention(q, k, v)

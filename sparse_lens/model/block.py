@@ -18,6 +18,7 @@ from sparse_lens.config import SparseConfig
 from sparse_lens.model.attention import Attention
 from sparse_lens.model.components import RMSNorm, maybe_abstopk
 from sparse_lens.model.mlp import MLP
+from sparse_lens.model.typecheck import shape_checked
 
 
 class TransformerBlock(nn.Module):
@@ -48,6 +49,7 @@ class TransformerBlock(nn.Module):
             resid = torch.relu(resid)
         return topk(resid)
 
+    @shape_checked
     def forward(
         self,
         resid: Float[Tensor, "batch pos d_model"],

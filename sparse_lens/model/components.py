@@ -14,8 +14,10 @@ from torch import Tensor, nn
 from transformer_lens.hook_points import HookPoint
 
 from sparse_lens.config import SparseConfig
+from sparse_lens.model.typecheck import shape_checked
 
 
+@shape_checked
 def abstopk(x: Float[Tensor, "... width"], k: int) -> Float[Tensor, "... width"]:
     """Keep the k entries of largest magnitude along the last dim, zero the rest.
 
@@ -99,6 +101,7 @@ class RMSNorm(nn.Module):
         self.hook_scale = HookPoint()  # [batch, pos, 1]
         self.hook_normalized = HookPoint()  # [batch, pos, width]
 
+    @shape_checked
     def forward(self, x: Float[Tensor, "batch pos width"]) -> Float[Tensor, "batch pos width"]:
         scale = self.hook_scale((x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
         return self.hook_normalized(x / scale) * self.w
@@ -109,6 +112,7 @@ class Embed(nn.Module):
         super().__init__()
         self.W_E = nn.Parameter(torch.empty(cfg.d_vocab, cfg.d_model))
 
+    @shape_checked
     def forward(self, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_model"]:
         return F.embedding(tokens, self.W_E)
 
@@ -142,6 +146,7 @@ class Unembed(nn.Module):
             return self.__dict__["_tied_embed"][0].W_E.T
         return super().__getattr__(name)
 
+    @shape_checked
     def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_vocab"]:
         return x @ self.W_U + self.b_U
 
@@ -161,5 +166,6 @@ class BigramTable(nn.Module):
             self.register_buffer("W_bigram", table)
         self.hook_logits = HookPoint()  # [batch, pos, d_vocab]
 
+    @shape_checked
     def forward(self, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_vocab"]:
         return self.hook_logits(F.embedding(tokens, self.W_bigram))

@@ -38,6 +38,7 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 from sparse_lens.config import SparseConfig
+from sparse_lens.model.typecheck import shape_checked
 
 NODE_TYPES = ("attn_read", "q", "k", "v", "attn_write", "mlp_read", "neuron", "mlp_write", "resid")
 """The paper's node types; every site of :data:`SITES` has one."""
@@ -269,6 +270,7 @@ def io_weights(model: nn.Module, site: NodeSite, index: int) -> list[tuple[str, 
 
 
 # ------------------------------------------------------------------ the model's head
+@shape_checked
 def logits_from_resid(
     model: nn.Module,
     resid: Float[Tensor, "*lead d_model"],

@@ -11,6 +11,7 @@ from transformer_lens.hook_points import HookPoint
 from sparse_lens.config import SparseConfig
 from sparse_lens.model.attention import _bias
 from sparse_lens.model.components import maybe_abstopk
+from sparse_lens.model.typecheck import shape_checked
 
 ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu}  # "gelu" is the exact erf GELU, as in OpenAI's code
 
@@ -32,6 +33,7 @@ class MLP(nn.Module):
         self.hook_pre = HookPoint()  # [batch, pos, d_mlp]   pre-activation
         self.hook_post = HookPoint()  # [batch, pos, d_mlp]  node: neuron (after act + AbsTopK)
 
+    @shape_checked
     def forward(self, x: Float[Tensor, "batch pos d_in"]) -> Float[Tensor, "batch pos d_model"]:
         x = self.hook_read(self.topk_read(x))
         pre = self.hook_pre(F.linear(x, self.W_in.T, self.b_in))  # bias fused into the matmul

@@ -23,16 +23,18 @@ from jaxtyping import Float, Int
 from tokenizers import Tokenizer
 from torch import Tensor, nn
 from torch.nn.modules import module as _module_hooks
-from transformer_lens import ActivationCache, HookedRootModule
+from transformer_lens import HookedRootModule
 from transformer_lens.FactoredMatrix import FactoredMatrix
 from transformer_lens.hook_points import HookPoint
 
 from sparse_lens.config import SparseConfig
 from sparse_lens.errors import SparseLensError
 from sparse_lens.model.block import TransformerBlock
+from sparse_lens.model.cache import SparseActivationCache
 from sparse_lens.model.components import BigramTable, Embed, PosEmbed, RMSNorm, Unembed
 from sparse_lens.model.fused_loss import fused_next_token_loss
 from sparse_lens.model.graph import logits_from_resid
+from sparse_lens.model.typecheck import shape_checked
 
 ReturnType = Literal["logits", "loss", "both"] | None
 ModelInput = str | list[str] | Int[Tensor, "batch pos"]
@@ -126,6 +128,14 @@ class SparseTransformer(HookedRootModule):
         for block in self.blocks:
             block.attn.always_explicit = explicit
 
+    def set_use_attn_result(self, use_attn_result: bool) -> None:
+        """Add (or remove) ``blocks.{l}.attn.hook_result`` [batch, pos, head, d_model], each
+        head's output before the write's AbsTopK, as TransformerLens' switch of the same name."""
+        self.cfg.use_attn_result = bool(use_attn_result)
+        for block in self.blocks:
+            block.attn.set_use_attn_result(self.cfg.use_attn_result)
+        self.setup()  # refresh the hook registry
+
     def set_tokenizer(self, tokenizer: Tokenizer) -> None:
         size = tokenizer.get_vocab_size()
         if size != self.cfg.d_vocab:
@@ -137,6 +147,7 @@ class SparseTransformer(HookedRootModule):
         self.tokenizer = tokenizer
 
     # ------------------------------------------------------------------ forward
+    @shape_checked
     def forward(
         self,
         input: ModelInput | Float[Tensor, "batch pos d_model"],
@@ -228,6 +239,7 @@ class SparseTransformer(HookedRootModule):
         return not any(_has_module_hooks(module) for module in watched)
 
     @staticmethod
+    @shape_checked
     def loss_fn(
         logits: Float[Tensor, "batch pos d_vocab"],
         tokens: Int[Tensor, "batch pos"],
@@ -257,12 +269,24 @@ class SparseTransformer(HookedRootModule):
                 field="tokens",
             )
 
-    def run_with_cache(self, *model_args, return_cache_object: bool = True, remove_batch_dim: bool = False, **kwargs):
-        """As HookedRootModule.run_with_cache, but the cache is a TL ``ActivationCache``."""
+    def run_with_cache(
+        self,
+        *model_args,
+        return_cache_object: bool = True,
+        remove_batch_dim: bool = False,
+        write_mask: bool | None = None,
+        **kwargs,
+    ):
+        """As HookedRootModule.run_with_cache, but the cache is a TL ``ActivationCache``: a
+        :class:`~sparse_lens.model.cache.SparseActivationCache`, whose ``write_mask`` makes
+        per-head / per-neuron results exact under AbsTopK on the writes (see there)."""
         out, cache_dict = super().run_with_cache(*model_args, remove_batch_dim=remove_batch_dim, **kwargs)
         if not return_cache_object:
             return out, cache_dict
-        return out, ActivationCache(cache_dict, self, has_batch_dim=not remove_batch_dim)
+        cache = SparseActivationCache(
+            cache_dict, self, has_batch_dim=not remove_batch_dim, write_mask=write_mask
+        )
+        return out, cache
 
     # ------------------------------------------------------------------ tokenisation
     def _require_tokenizer(self) -> Tokenizer:
@@ -282,15 +306,22 @@ class SparseTransformer(HookedRootModule):
 
     def to_tokens(
         self,
-        input: str | list[str],
+        input: str | list[str] | Int[Tensor, "batch pos"] | Int[Tensor, " pos"],
         prepend_bos: bool | None = None,
         padding_side: Literal["left", "right"] = "right",
         move_to_device: bool = True,
         truncate: bool = True,
     ) -> Int[Tensor, "batch pos"]:
         """Tokenize to [batch, pos]. BOS is the end-of-text token (a document boundary, which is
-        what the model saw before every training file); padding is end-of-text too."""
-        tokens, _ = self._tokenize_batch(input, prepend_bos, padding_side, truncate)
+        what the model saw before every training file); padding is end-of-text too.
+
+        Token ids pass through ([pos] gains a batch dim), so TL tools that call ``to_tokens`` on
+        their input (``head_detector.detect_head``) work on models without a tokenizer."""
+        if isinstance(input, Tensor):
+            tokens = input.unsqueeze(0) if input.ndim == 1 else input
+            self.check_tokens(tokens)
+        else:
+            tokens, _ = self._tokenize_batch(input, prepend_bos, padding_side, truncate)
         return tokens.to(self.cfg.device) if move_to_device else tokens
 
     def _tokenize_batch(self, input, prepend_bos=None, padding_side="right", truncate=True):
@@ -311,20 +342,31 @@ class SparseTransformer(HookedRootModule):
             mask[i, span] = True
         return tokens.to(self.W_E.device), mask.to(self.W_E.device)
 
-    def to_string(self, tokens: Int[Tensor, "... pos"] | list[int]) -> str | list[str]:
+    def to_string(self, tokens: int | Int[Tensor, "..."] | list[int]) -> str | list[str]:
+        """Decode token ids: one id or a [pos] tensor / list to a string, [batch, pos] to a list."""
         tokenizer = self._require_tokenizer()
         if isinstance(tokens, Tensor):
             if tokens.ndim > 1:
                 return [self.to_string(row) for row in tokens]
-            tokens = tokens.tolist()
+            tokens = tokens.reshape(-1).tolist()
+        elif isinstance(tokens, int):
+            tokens = [tokens]
         return tokenizer.decode(tokens, skip_special_tokens=False)
 
-    def to_str_tokens(self, input: str | Tensor | list[int], prepend_bos: bool | None = None) -> list[str]:
+    def to_str_tokens(
+        self, input: str | list[str] | Int[Tensor, "..."] | list[int], prepend_bos: bool | None = None
+    ) -> list[str] | list[list[str]]:
+        """One string per token. A list of strings or a [batch, pos] tensor with batch > 1
+        gives one list per row (TransformerLens semantics)."""
         tokenizer = self._require_tokenizer()
+        if isinstance(input, list) and input and isinstance(input[0], str):
+            return [self.to_str_tokens(text, prepend_bos=prepend_bos) for text in input]
         if isinstance(input, str):
             ids = self.to_tokens(input, prepend_bos=prepend_bos)[0].tolist()
         elif isinstance(input, Tensor):
-            ids = input.squeeze(0).tolist() if input.ndim > 1 else input.tolist()
+            if input.ndim > 1 and input.shape[0] > 1:
+                return [self.to_str_tokens(row) for row in input]
+            ids = input.reshape(-1).tolist()
         else:
             ids = list(input)
         return [tokenizer.decode([i], skip_special_tokens=False) for i in ids]
@@ -340,29 +382,73 @@ class SparseTransformer(HookedRootModule):
         self,
         input: str | Int[Tensor, "batch pos"],
         max_new_tokens: int = 20,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        do_sample: bool = True,
         stop_at_eos: bool = True,
+        eos_token_id: int | None = None,
+        do_sample: bool = True,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        temperature: float = 1.0,
+        freq_penalty: float = 0.0,
+        use_past_kv_cache: bool = True,
+        prepend_bos: bool | None = None,
+        padding_side: Literal["left", "right"] | None = None,
+        return_type: Literal["input", "str", "tokens"] = "input",
+        verbose: bool = False,
         seed: int | None = None,
-    ) -> str | Int[Tensor, "batch new_pos"]:
-        """Sample a continuation (greedy with do_sample=False). Strings in, string out."""
-        tokens = self.to_tokens(input) if isinstance(input, str) else input
+    ) -> str | list[str] | Int[Tensor, "batch new_pos"]:
+        """Sample a continuation (greedy with ``do_sample=False``), with TransformerLens'
+        arguments. ``return_type="input"`` gives a string for a string and tokens for tokens.
+
+        There is no KV cache (each step recomputes the prefix), so ``use_past_kv_cache`` only
+        changes speed in TL and is accepted and ignored here; ``padding_side`` is accepted for
+        the same reason (one prompt, nothing to pad). ``verbose`` shows a tqdm progress bar.
+        ``seed`` makes sampling reproducible. Stops when every row has produced the
+        end-of-text token (``eos_token_id``, default the tokenizer's) with ``stop_at_eos``.
+        """
+        from tqdm.auto import tqdm
+
+        if return_type not in ("input", "str", "tokens"):
+            raise SparseLensError(f"return_type must be input, str or tokens, got {return_type!r}", field="return_type")
+        tokens = self.to_tokens(input, prepend_bos=prepend_bos) if isinstance(input, str) else input
+        self.check_tokens(tokens)
+        if eos_token_id is None and stop_at_eos and self.tokenizer is not None:
+            eos_token_id = self.eot_token_id
         generator = None if seed is None else torch.Generator(device=tokens.device).manual_seed(seed)
-        for _ in range(max_new_tokens):
-            logits = self(tokens[:, -self.cfg.n_ctx :])[:, -1]
+        counts = torch.zeros(tokens.shape[0], self.cfg.d_vocab, device=tokens.device)
+        if freq_penalty:
+            counts.scatter_add_(1, tokens, torch.ones_like(tokens, dtype=counts.dtype))
+        finished = torch.zeros(tokens.shape[0], dtype=torch.bool, device=tokens.device)
+        for _ in tqdm(range(max_new_tokens), disable=not verbose):
+            logits = self(tokens[:, -self.cfg.n_ctx :])[:, -1].float()
             if do_sample:
-                logits = logits / max(temperature, 1e-8)
-                if top_k is not None:
-                    cutoff = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]
-                    logits = logits.masked_fill(logits < cutoff, float("-inf"))
-                next_token = torch.multinomial(F.softmax(logits, -1), 1, generator=generator)
+                next_token = self._sample(logits - freq_penalty * counts, temperature, top_k, top_p, generator)
             else:
                 next_token = logits.argmax(-1, keepdim=True)
+            if stop_at_eos and eos_token_id is not None:  # finished rows keep emitting EOS
+                next_token = next_token.masked_fill(finished[:, None], eos_token_id)
+                finished |= next_token[:, 0] == eos_token_id
+            counts.scatter_add_(1, next_token, torch.ones_like(next_token, dtype=counts.dtype))
             tokens = torch.cat([tokens, next_token], dim=1)
-            if stop_at_eos and self.tokenizer is not None and bool((next_token == self.eot_token_id).all()):
+            if bool(finished.all()):
                 break
-        return self.to_string(tokens[0]) if isinstance(input, str) else tokens
+        if return_type == "str" or (return_type == "input" and isinstance(input, str)):
+            text = self.to_string(tokens)
+            return text[0] if isinstance(input, str) else text
+        return tokens
+
+    @staticmethod
+    def _sample(logits: Tensor, temperature: float, top_k: int | None, top_p: float | None, generator) -> Tensor:
+        logits = logits / max(temperature, 1e-8)
+        if top_k is not None:
+            cutoff = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]
+            logits = logits.masked_fill(logits < cutoff, float("-inf"))
+        if top_p is not None:
+            # keep the most likely tokens whose cumulative probability first reaches top_p
+            sorted_logits, order = logits.sort(-1, descending=True)
+            cumulative = F.softmax(sorted_logits, -1).cumsum(-1)
+            drop_sorted = cumulative - F.softmax(sorted_logits, -1) >= top_p
+            logits = logits.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), float("-inf"))
+        return torch.multinomial(F.softmax(logits, -1), 1, generator=generator)
 
     # ------------------------------------------------------------------ TL analysis surface
     def accumulated_bias(
@@ -380,15 +466,25 @@ class SparseTransformer(HookedRootModule):
             total = total + self.blocks[layer].attn.b_O
         return total
 
+    @shape_checked
     def tokens_to_residual_directions(
         self, tokens: str | int | Int[Tensor, "..."]
     ) -> Float[Tensor, "... d_model"]:
-        """Unembedding directions (columns of W_U) of tokens, as in TransformerLens."""
+        """The residual direction that reads each token's logit: its unembedding column with
+        the final norm's weight folded in, ``ln_final.w * W_U[:, token]``.
+
+        This is what TransformerLens returns after ``fold_ln`` (which scales W_U's rows by the
+        norm weight, keeping its zeros) and what its analyses assume: DLA
+        (``cache.logit_attrs``, ``tools.analysis.direct_logit_attribution``) dots these with
+        residual parts divided by the cached ``ln_final.hook_scale``, and ``ln_final``'s
+        ``hook_normalized`` (before the weight) dotted with them is the logit minus ``b_U`` and
+        the bigram table. ``W_U`` itself stays the stored, unfolded matrix.
+        """
         if isinstance(tokens, str):
             tokens = self.to_single_token(tokens)
         if isinstance(tokens, int):
-            return self.W_U[:, tokens]
-        return self.W_U[:, tokens].movedim(0, -1)
+            return self.ln_final.w * self.W_U[:, tokens]
+        return (self.ln_final.w[:, None] * self.W_U[:, tokens.reshape(-1)]).T.reshape(*tokens.shape, -1)
 
     # ------------------------------------------------------------------ TL weight accessors
     def _stack(self, sub: str, name: str) -> Tensor:

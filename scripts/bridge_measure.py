@@ -27,7 +27,7 @@ from sparse_lens.bridges import load_bridged_models
 from sparse_lens.bridges.steer import steering_node
 from sparse_lens.bridges.store import write_json
 from sparse_lens.bridges.task_steering import steer_task
-from sparse_lens.io.checkpoint import model_directory
+from sparse_lens.io.checkpoint import ModelDir
 from sparse_lens.tasks import get_task
 from sparse_lens.tasks.generate import generate_pairs
 
@@ -38,7 +38,7 @@ STRENGTHS = [0.0, 0.125, 0.25, 0.5, 0.75, 1.0]
 @torch.no_grad()
 def quote_type_node(sparse, n_pairs: int = 128) -> tuple[str, list[dict]]:
     circuit = json.loads(
-        (model_directory("stdlib-sparse") / "circuits" / f"{TASK}.json").read_text()
+        ModelDir.resolve("stdlib-sparse").circuits.circuit_file(TASK).read_text()
     )
     reads = [n for n in circuit["nodes"] if n["type"] in ("attn_read", "mlp_read")]
     batch = generate_pairs(

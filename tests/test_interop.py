@@ -11,7 +11,11 @@ from transformer_lens.factories.architecture_adapter_factory import Architecture
 from transformer_lens.model_bridge import TransformerBridge
 
 from sparse_lens import SparseLensError
-from sparse_lens.io.interop import ARCHITECTURE, SparseLensArchitectureAdapter, to_transformer_bridge
+from sparse_lens.io.interop import (
+    ARCHITECTURE,
+    SparseLensArchitectureAdapter,
+    to_transformer_bridge,
+)
 
 VARIANTS = {
     "paper": {},

@@ -34,7 +34,6 @@ from sparse_lens.train.runner import train_from_config
 from sparse_lens.train.token_set import MANIFEST_FILE, load_token_set
 from sparse_lens.train.trainer import Callback
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

@@ -110,12 +110,13 @@ def train_joint(
     directory or shipped name), into ``out_dir``; the data are tokenized with the dense model's
     tokenizer. Returns the trainer's :class:`~sparse_lens.train.trainer.TrainResult`."""
     weights = weights or LossWeights()
-    from sparse_lens.io.checkpoint import model_directory, resolve_checkpoint_dir
+    from sparse_lens.io.checkpoint import ModelDir, resolve_checkpoint_dir
     from sparse_lens.model import SparseTransformer
     from sparse_lens.train.runner import train_from_config
 
-    dense_dir = model_directory(dense)
-    tokenizer_path = dense_dir / "tokenizer.json"
+    dense_located = ModelDir.resolve(dense)
+    dense_dir = dense_located.path
+    tokenizer_path = dense_located.tokenizer_file
     if not tokenizer_path.is_file():
         raise SparseLensError(
             "the dense model has no tokenizer.json; joint training tokenizes with it",

@@ -30,6 +30,7 @@ from safetensors.torch import load_file, save_file
 from sparse_lens.errors import SparseLensError
 from sparse_lens.io.checkpoint import (
     OWNED_FILES,
+    PROVENANCE_FILE,
     decode_tensors,
     load_state,
     replace_directory,
@@ -40,7 +41,6 @@ from sparse_lens.train.optim import load_optimizer_state, save_optimizer_state
 OPTIMIZER_FILE = "optimizer.safetensors"
 RNG_FILE = "rng_state.safetensors"
 STATE_FILE = "trainer_state.json"
-PROVENANCE_FILE = "training.json"
 METRICS_FILE = "metrics.jsonl"
 TRAINER_FILES = (OPTIMIZER_FILE, RNG_FILE, STATE_FILE, PROVENANCE_FILE)
 

@@ -50,7 +50,9 @@ def tensor_digest(tensor: Tensor) -> str:
 
 def checksum_metadata(tensors: dict[str, Tensor]) -> dict[str, str]:
     """The safetensors metadata entry that records every tensor's digest."""
-    return {CHECKSUM_KEY: json.dumps({name: tensor_digest(t) for name, t in sorted(tensors.items())})}
+    return {
+        CHECKSUM_KEY: json.dumps({name: tensor_digest(t) for name, t in sorted(tensors.items())})
+    }
 
 
 def read_safetensors(
@@ -139,8 +141,10 @@ def sparse_shapes(metadata: dict[str, str], path: str | Path) -> dict[str, list[
         )
         if not dims_ok:
             raise SparseLensError(
-                f"the shape of '{name}' must be a list of non-negative integers, got "
-                f"{shape!r}"[:200] + "; the file is corrupt",
+                f"the shape of '{name}' must be a list of non-negative integers, got {shape!r}"[
+                    :200
+                ]
+                + "; the file is corrupt",
                 path=path,
                 field=f"{SPARSE_SHAPES_KEY}.{name}",
             )
@@ -215,7 +219,9 @@ def check_tokenizer(tokenizer: Any, tokenizer_path: Path, provenance_path: Path)
     try:
         provenance = json.loads(provenance_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise SparseLensError(f"not valid JSON ({error}); restore the file", path=provenance_path) from None
+        raise SparseLensError(
+            f"not valid JSON ({error}); restore the file", path=provenance_path
+        ) from None
     recorded = provenance.get("tokenizer_hash") if isinstance(provenance, dict) else None
     if recorded is None:
         return

@@ -18,6 +18,7 @@ from typing import Any
 
 from transformer_lens.config import TransformerLensConfig
 
+from sparse_lens import limits
 from sparse_lens.errors import SparseLensError
 from sparse_lens.io.atomic import write_json
 from sparse_lens.schema import checked_values, dataclass_from_dict
@@ -89,6 +90,12 @@ class SparseConfig(TransformerLensConfig):
         if isinstance(self.afrac_locations, list):
             self.afrac_locations = tuple(self.afrac_locations)
         _check_types(self)
+        if self.n_heads == -1 and self.d_head > 0 and self.d_model % self.d_head:
+            raise SparseLensError(
+                f"d_model ({self.d_model}) must be a multiple of d_head ({self.d_head}) when "
+                "n_heads is derived from them; change d_head or set n_heads",
+                field="d_head",
+            )
         super().__post_init__()
         self._validate()
 
@@ -121,6 +128,7 @@ class SparseConfig(TransformerLensConfig):
 
         for name in ("d_model", "d_head", "n_layers", "n_ctx", "n_heads", "d_mlp", "d_vocab"):
             positive(name)
+        self._check_sizes()
         choices = {
             "act_fn": ACT_FNS,
             "bigram_table": BIGRAM_MODES,
@@ -153,6 +161,56 @@ class SparseConfig(TransformerLensConfig):
             )
         if self.eps <= 0:
             raise SparseLensError(f"must be positive, got {self.eps}", field="eps")
+
+    def _check_sizes(self) -> None:
+        """Refuse sizes beyond :mod:`sparse_lens.limits` before anything is allocated."""
+        caps = {
+            "n_layers": limits.MAX_LAYERS,
+            "n_heads": limits.MAX_HEADS,
+            "d_model": limits.MAX_WIDTH,
+            "d_head": limits.MAX_WIDTH,
+            "d_mlp": limits.MAX_WIDTH,
+            "d_pos_emb": limits.MAX_WIDTH,
+            "d_vocab": limits.MAX_VOCAB,
+            "n_ctx": limits.MAX_CONTEXT,
+        }
+        for name, cap in caps.items():
+            value = getattr(self, name)
+            if value is not None and value > cap:
+                raise SparseLensError(
+                    f"{value} exceeds the limit {cap} (sparse_lens.limits); is it a typo?",
+                    field=name,
+                )
+        terms = self._weight_terms()
+        weights = sum(terms.values())
+        if weights > limits.MAX_PARAMETERS:
+            largest = max(terms, key=terms.get)
+            raise SparseLensError(
+                f"this architecture has about {weights:,} weights, over the limit "
+                f"{limits.MAX_PARAMETERS:,} (sparse_lens.limits); most of them come from {largest}",
+                field=largest,
+            )
+
+    def weight_count(self) -> int:
+        """The number of weights in the model's matrices (norms and biases left out)."""
+        return sum(self._weight_terms().values())
+
+    def _weight_terms(self) -> dict[str, int]:
+        """Weights by the field that scales them: the vocabulary (embeddings and the bigram
+        table), the layers (attention and MLP matrices) and the positions."""
+        d_in = self.d_model + (self.d_pos_emb or 0)
+        embeddings = self.d_vocab * self.d_model * (1 if self.tied_unembed else 2)
+        bigram = self.d_vocab**2 if self.bigram_table != "off" else 0
+        attention = self.n_heads * self.d_head * (3 * d_in + self.d_model)
+        mlp = self.d_mlp * (d_in + self.d_model)
+        positions = 0
+        if self.positional_embedding_type != "none":
+            positions = self.n_ctx * (self.d_pos_emb or self.d_model)
+        return {
+            "d_vocab": embeddings + bigram,
+            "n_layers": self.n_layers * (attention + mlp),
+            "n_ctx": positions,
+        }
 
     # ------------------------------------------------------------------ (de)serialisation
     def to_dict(self) -> dict[str, Any]:

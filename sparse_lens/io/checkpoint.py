@@ -22,18 +22,24 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import safe_open, save_file
+from safetensors.torch import save_file
 from torch import Tensor
 
 from sparse_lens.config import SparseConfig
 from sparse_lens.errors import SparseLensError
 from sparse_lens.io.atomic import atomic_path, write_json, write_text
 from sparse_lens.io.records import MissedTarget, ModelEval
+from sparse_lens.io.verify import (
+    check_tokenizer,
+    check_weights,
+    checksum_metadata,
+    read_safetensors,
+)
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 TOKENIZER_FILE = "tokenizer.json"
+PROVENANCE_FILE = "training.json"
 OWNED_FILES = (CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE)
 PROVENANCE_FILE = "training.json"
 METRICS_FILE = "metrics.jsonl"
@@ -70,21 +76,14 @@ def encode_tensors(
             sparse_shapes[name] = list(tensor.shape)
         else:
             out[name] = tensor.clone()
-    return out, {"sparse_shapes": json.dumps(sparse_shapes)}
+    return out, {"sparse_shapes": json.dumps(sparse_shapes), **checksum_metadata(out)}
 
 
-def decode_tensors(path: Path) -> dict[str, Tensor]:
-    """Read a safetensors file written by :func:`encode_tensors` back into dense tensors."""
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            sparse_shapes = json.loads(metadata.get("sparse_shapes", "{}"))
-            raw = {key: handle.get_tensor(key) for key in handle.keys()}
-    except (SafetensorError, OSError, ValueError, json.JSONDecodeError) as error:
-        raise SparseLensError(
-            f"cannot read weights ({error}); the file is corrupt or truncated: re-save or re-download it",
-            path=path,
-        ) from None
+def decode_tensors(path: Path, *, verify: bool = True) -> dict[str, Tensor]:
+    """Read a safetensors file written by :func:`encode_tensors` back into dense tensors,
+    checked by :mod:`sparse_lens.io.verify` (``verify=False`` skips the checksums)."""
+    raw, metadata = read_safetensors(path, "weights", verify=verify)
+    sparse_shapes = check_weights(raw, metadata, path)
     tensors: dict[str, Tensor] = {}
     for name, shape in sparse_shapes.items():
         try:
@@ -151,8 +150,13 @@ def resolve_checkpoint_dir(directory: Path) -> Path:
     return leftovers[-1] if leftovers else directory
 
 
-def load_pretrained(name_or_path: str | Path | ModelDir, device: str | None = None):
-    """Load a checkpoint directory (or a shipped model name) into a SparseTransformer."""
+def load_pretrained(
+    name_or_path: str | Path | ModelDir, device: str | None = None, *, verify: bool = True
+):
+    """Load a checkpoint directory (or a shipped model name) into a SparseTransformer.
+
+    ``verify=False`` skips the weight checksums (see :mod:`sparse_lens.io.verify`).
+    """
     from tokenizers import Tokenizer
 
     from sparse_lens.model.transformer import SparseTransformer
@@ -164,7 +168,7 @@ def load_pretrained(name_or_path: str | Path | ModelDir, device: str | None = No
     weights_path = located.weights_file
     if not weights_path.is_file():
         raise SparseLensError("model weights are missing; the checkpoint is incomplete", path=weights_path)
-    tensors = decode_tensors(weights_path)
+    tensors = decode_tensors(weights_path, verify=verify)
 
     tokenizer = None
     tokenizer_path = located.tokenizer_file
@@ -173,6 +177,7 @@ def load_pretrained(name_or_path: str | Path | ModelDir, device: str | None = No
             tokenizer = Tokenizer.from_file(str(tokenizer_path))
         except Exception as error:  # tokenizers raises a bare Exception on malformed JSON
             raise SparseLensError(f"cannot read tokenizer ({error})", path=tokenizer_path) from None
+    check_tokenizer(tokenizer, tokenizer_path, located.provenance_file)
 
     model = SparseTransformer(cfg)
     if tokenizer is not None:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from sparse_lens.errors import SparseLensError
 from sparse_lens.io.atomic import atomic_path, write_json, write_text
@@ -38,6 +38,8 @@ from sparse_lens.io.checkpoint import (
     replace_directory,
     resolve_checkpoint_dir,
 )
+from sparse_lens.io.verify import checksum_metadata, read_safetensors
+from sparse_lens.schema import Reader
 from sparse_lens.train.optim import load_optimizer_state, save_optimizer_state
 
 OPTIMIZER_FILE = "optimizer.safetensors"
@@ -66,9 +68,27 @@ def read_state(out_dir: str | Path) -> dict[str, Any]:
             path=directory,
         )
     try:
-        return json.loads(path.read_text())
+        state = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise SparseLensError(f"corrupt trainer state ({error})", path=path) from None
+    check_state(state, path)
+    return state
+
+
+def check_state(state: Any, path: Path) -> None:
+    """Refuse a trainer state whose fields a resume cannot use, naming the field."""
+    reader = Reader(state, path)
+    reader.integer("step", minimum=0)
+    reader.integer("tokens_seen", minimum=0)
+    reader.number("elapsed_s", 0.0)
+    reader.mapping("model_config")
+    reader.mapping("train_config")
+    reader.mapping("run_info", {})
+    reader.value("heldout_loss", float | None, None)
+    reader.value("recent_losses", list[float], [])
+    reader.value("history", list[dict], [])
+    for key in ("corpus_manifest_hash", "tokenizer_hash"):
+        reader.value(key, str | None, None)
 
 
 def recover(out_dir: Path) -> Path:
@@ -97,8 +117,9 @@ def save_checkpoint(
     try:
         model.save_pretrained(staging)
         save_optimizer_state(optimizer, param_names, staging / OPTIMIZER_FILE)
+        rng = rng_tensors()
         with atomic_path(staging / RNG_FILE) as tmp:
-            save_file(rng_tensors(), str(tmp))
+            save_file(rng, str(tmp), metadata=checksum_metadata(rng))
         _write_json(staging / STATE_FILE, state)
         _write_json(staging / PROVENANCE_FILE, provenance)
         if out_dir.exists():  # carry over the metrics log and anything else the run keeps there
@@ -113,8 +134,11 @@ def save_checkpoint(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    for leftover in out_dir.parent.glob(f".{out_dir.name}.old-*"):  # from an earlier crash
-        shutil.rmtree(leftover, ignore_errors=True)
+    # Copies left by an earlier crash (a killed save's staging folder, a swap's old copy); the
+    # run-directory lock (train/run_dir.py) makes this process the only writer, so none is live.
+    for pattern in (".old-*", ".ckpt-*"):
+        for leftover in out_dir.parent.glob(f".{out_dir.name}{pattern}"):
+            shutil.rmtree(leftover, ignore_errors=True)
 
 
 def load_checkpoint(
@@ -136,7 +160,7 @@ def load_checkpoint(
     load_optimizer_state(optimizer, param_names, directory / OPTIMIZER_FILE)
     rng_path = directory / RNG_FILE
     if rng_path.is_file():
-        restore_rng(load_file(str(rng_path)))
+        restore_rng(read_safetensors(rng_path, "RNG state")[0], rng_path)
     return state
 
 
@@ -148,10 +172,30 @@ def rng_tensors() -> dict[str, torch.Tensor]:
     return tensors
 
 
-def restore_rng(tensors: dict[str, torch.Tensor]) -> None:
-    torch.set_rng_state(tensors["torch_cpu"])
-    cuda = [tensors[k] for k in sorted(tensors) if k.startswith("torch_cuda_")]
+def restore_rng(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """Set the generators from :func:`rng_tensors`'s output, checked against this torch's."""
+    current = torch.get_rng_state()
+    saved = tensors.get("torch_cpu")
+    if saved is None or saved.dtype != current.dtype or saved.shape != current.shape:
+        found = "missing" if saved is None else f"{saved.dtype} {list(saved.shape)}"
+        raise SparseLensError(
+            f"the CPU generator state is {found}, expected {current.dtype} "
+            f"{list(current.shape)}; the file is corrupt: resume from an intact checkpoint",
+            path=path,
+            field="torch_cpu",
+        )
+    torch.set_rng_state(saved)
+    cuda = [tensors[f"torch_cuda_{i}"] for i in range(len(tensors)) if f"torch_cuda_{i}" in tensors]
     if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        expected = torch.cuda.get_rng_state(0)
+        for index, value in enumerate(cuda):
+            if value.dtype != expected.dtype or value.shape != expected.shape:
+                raise SparseLensError(
+                    f"the CUDA generator state is {value.dtype} {list(value.shape)}, expected "
+                    f"{expected.dtype} {list(expected.shape)}; the file is corrupt",
+                    path=path,
+                    field=f"torch_cuda_{index}",
+                )
         torch.cuda.set_rng_state_all(cuda)
 
 

@@ -21,11 +21,12 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from sparse_lens.errors import SparseLensError
 from sparse_lens.io.atomic import atomic_path
+from sparse_lens.io.verify import checksum_metadata, read_safetensors
 
 #: Target kinds that receive decoupled weight decay.
 DECAYED_KINDS = ("matrix", "embedding")
@@ -85,7 +86,8 @@ def apply_weight_decay_(params: Sequence[Tensor], lr: float, weight_decay: float
 def save_optimizer_state(
     optimizer: torch.optim.Optimizer, names: Sequence[str], path: str | Path
 ) -> None:
-    """Write Adam moments and step counts to ``path`` (safetensors), keyed ``<param>::<key>``.
+    """Write Adam moments and step counts to ``path`` (safetensors), keyed ``<param>::<key>``,
+    with their checksums (:mod:`sparse_lens.io.verify`).
 
     ``names`` are the parameter names in the order the optimizer holds them.
     """
@@ -97,19 +99,21 @@ def save_optimizer_state(
                 value = torch.tensor(value)
             tensors[f"{names[index]}::{key}"] = value.detach().cpu().contiguous()
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp))
+        save_file(tensors, str(tmp), metadata=checksum_metadata(tensors))
 
 
 def load_optimizer_state(
     optimizer: torch.optim.Optimizer, names: Sequence[str], path: str | Path
 ) -> None:
-    """Restore state written by :func:`save_optimizer_state` into a freshly built optimizer."""
-    try:
-        tensors = load_file(str(path))
-    except Exception as error:  # safetensors raises several types for a bad file
-        raise SparseLensError(f"cannot read optimizer state ({error})", path=path) from error
+    """Restore state written by :func:`save_optimizer_state` into a freshly built optimizer.
+
+    Every entry is checked against the parameter it belongs to before the optimizer sees it
+    (:func:`check_adam_state`): a moment of the wrong shape would otherwise resume with other
+    losses, or crash the fused kernel.
+    """
+    tensors, _ = read_safetensors(path, "optimizer state")
     position = {name: index for index, name in enumerate(names)}
-    state: dict[int, dict[str, Tensor]] = {}
+    by_name: dict[str, dict[str, Tensor]] = {}
     for key, value in tensors.items():
         name, _, entry = key.rpartition("::")
         if name not in position:
@@ -117,8 +121,77 @@ def load_optimizer_state(
                 f"optimizer state has parameter '{name}' the model lacks; the checkpoint "
                 "belongs to a different architecture",
                 path=path,
+                field=key,
             )
-        state.setdefault(position[name], {})[entry] = value
+        by_name.setdefault(name, {})[entry] = value
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    check_adam_state(by_name, dict(zip(names, params, strict=True)), optimizer.defaults, path)
     full = optimizer.state_dict()
-    full["state"] = state
+    full["state"] = {position[name]: entries for name, entries in by_name.items()}
     optimizer.load_state_dict(full)
+
+
+def check_adam_state(
+    state: dict[str, dict[str, Tensor]],
+    params: dict[str, Tensor],
+    defaults: dict,
+    path: str | Path,
+) -> None:
+    """Adam's state by parameter name: for all parameters or none (a run saved before its
+    first step), each with exactly Adam's entries (:func:`_check_entries`)."""
+    if not state:
+        return
+    missing = [name for name in params if name not in state]
+    if missing:
+        raise SparseLensError(
+            f"no Adam state for parameter '{missing[0]}' ({len(missing)} of {len(params)} "
+            "missing); the optimizer file is incomplete: resume from an intact checkpoint",
+            path=path,
+            field=missing[0],
+        )
+    moments = ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if defaults.get("amsgrad") else ())
+    for name, entries in state.items():
+        problem = _check_entries(entries, params[name], moments)
+        if problem is not None:
+            entry, message = problem
+            raise SparseLensError(
+                f"Adam {entry} of '{name}' {message}; the optimizer file is corrupt: resume "
+                "from an intact checkpoint",
+                path=path,
+                field=f"{name}::{entry}",
+            )
+
+
+def _check_entries(
+    entries: dict[str, Tensor], param: Tensor, moments: tuple[str, ...]
+) -> tuple[str, str] | None:
+    """(entry, what is wrong with it), or None: a scalar, finite, non-negative step and finite
+    moments of exactly the parameter's shape and dtype (second moments non-negative)."""
+    expected = {"step", *moments}
+    missing, unknown = sorted(expected - set(entries)), sorted(set(entries) - expected)
+    if missing:
+        return missing[0], "is missing"
+    if unknown:
+        return unknown[0], "is not an Adam state entry"
+    step = entries["step"]
+    if (
+        step.numel() != 1
+        or not step.dtype.is_floating_point
+        or not bool(torch.isfinite(step).all() and (step >= 0).all())
+    ):
+        return (
+            "step",
+            f"must be one finite non-negative number, got {step.dtype} {list(step.shape)}",
+        )
+    for entry in moments:
+        value = entries[entry]
+        if tuple(value.shape) != tuple(param.shape) or value.dtype != param.dtype:
+            return entry, (
+                f"is {value.dtype} {list(value.shape)} but the parameter is {param.dtype} "
+                f"{list(param.shape)}"
+            )
+        if not bool(torch.isfinite(value).all()):
+            return entry, "holds NaN or infinite values"
+        if entry != "exp_avg" and bool((value < 0).any()):
+            return entry, "has negative entries (a second moment never is)"
+    return None

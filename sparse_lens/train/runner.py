@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,14 +27,18 @@ if TYPE_CHECKING:
 
 def checkpoint_run_config(out_dir: str | Path) -> RunConfig:
     """The run config a checkpoint was trained with (from its trainer_state.json)."""
-    from sparse_lens.train.checkpoint import read_state
+    from sparse_lens.config import SparseConfig
+    from sparse_lens.io.checkpoint import resolve_checkpoint_dir
+    from sparse_lens.train.checkpoint import STATE_FILE, read_state
 
     state = read_state(out_dir)
-    model = {k: v for k, v in state["model_config"].items()}
+    path = resolve_checkpoint_dir(Path(out_dir)) / STATE_FILE
+    model = dict(state["model_config"])
+    SparseConfig.from_dict(model, source=path)  # a damaged architecture, named before any work
     info = state.get("run_info", {})
     return RunConfig(
         model=model,
-        train=TrainConfig.from_dict(state["train_config"], source=out_dir),
+        train=TrainConfig.from_dict(state["train_config"], source=path),
         source=str(info.get("source", out_dir)),
     )
 
@@ -64,6 +69,7 @@ def train_from_config(
     from sparse_lens.model import SparseTransformer
     from sparse_lens.train.data import load_train_data
     from sparse_lens.train.distributed import barrier, init_distributed, shutdown_distributed
+    from sparse_lens.train.run_dir import claim_run_dir
     from sparse_lens.train.token_set import load_token_set
 
     out_dir = Path(out_dir)
@@ -89,7 +95,10 @@ def train_from_config(
     if run.train.threads:
         torch.set_num_threads(run.train.threads)
     env = init_distributed(run.train.device)
+    claim = ExitStack()
     try:
+        if env.is_main:  # before the data are prepared: a second trainer stops at once
+            claim.enter_context(claim_run_dir(out_dir))
         if env.distributed and env.rank != 0:
             barrier(env)  # rank 0 trains the tokenizer and tokenizes the corpus first
         if run.train.tokens:  # its tokenizer must be the checkpoint's: Trainer checks hashes
@@ -130,6 +139,7 @@ def train_from_config(
         )
         return trainer.train()
     finally:
+        claim.close()
         shutdown_distributed(env)
 
 

@@ -35,6 +35,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,7 @@ from sparse_lens.train.optim import (
     normalize_grad_rms_,
     set_lr,
 )
+from sparse_lens.train.run_dir import checkpoint_bytes, claim_run_dir
 from sparse_lens.train.schedules import Schedule
 from sparse_lens.train.sparsifier import Sparsifier, sparsity_report
 
@@ -199,7 +201,19 @@ class Trainer:
         self._stop_signal = signum if signum is not None else 0
 
     def train(self) -> TrainResult:
-        """Run (or continue) training to ``train_cfg.steps``; returns losses and counts."""
+        """Run (or continue) training to ``train_cfg.steps``; returns losses and counts.
+
+        The output directory is claimed first (:func:`~sparse_lens.train.run_dir.claim_run_dir`):
+        writable, room for a checkpoint, and no other trainer on it.
+        """
+        claim = ExitStack()
+        if self.env.is_main:
+            n_weights = sum(p.numel() for p in self.params)
+            claim.enter_context(claim_run_dir(self.out_dir, checkpoint_bytes(n_weights)))
+        with claim:
+            return self._train()
+
+    def _train(self) -> TrainResult:
         if self.resume:
             self._restore()
         elif any_rank(self.env, self.env.is_main and has_checkpoint(self.out_dir)):
@@ -327,14 +341,22 @@ class Trainer:
         started = time.perf_counter()
         self._check_ranks_agree()
         if self.env.is_main:
-            save_checkpoint(
-                self.out_dir,
-                self.model,
-                self.optimizer,
-                self.param_names,
-                self._state(),
-                self.provenance(),
-            )
+            try:
+                save_checkpoint(
+                    self.out_dir,
+                    self.model,
+                    self.optimizer,
+                    self.param_names,
+                    self._state(),
+                    self.provenance(),
+                )
+            except OSError as error:  # a full or read-only disk: the last checkpoint is intact
+                kept = f"step {self._last_checkpoint}" if self._last_checkpoint >= 0 else "none"
+                raise SparseLensError(
+                    f"cannot write the step {self.step} checkpoint ({error.strerror or error}); "
+                    f"the previous checkpoint ({kept}) is kept: free space and --resume",
+                    path=self.out_dir,
+                ) from None
         barrier(self.env)
         self._last_checkpoint = self.step
         self._latest_s["save"] = time.perf_counter() - started

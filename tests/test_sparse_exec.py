@@ -77,7 +77,10 @@ def test_node_mask_gradients_agree_between_paths(csr_products):
     grads = []
     for sparse in (False, True):
         masks = NodeMasks(node_sites(model.cfg), generator=torch.Generator().manual_seed(0))
-        with sparse_execution(sparse, always=sparse), model.hooks(fwd_hooks=masks.hooks(ZeroAblation())):
+        with (
+            sparse_execution(sparse, always=sparse),
+            model.hooks(fwd_hooks=masks.hooks(ZeroAblation())),
+        ):
             masks.refresh()
             model(tokens, return_type="loss").backward()
         grads.append(masks.tau.grad)

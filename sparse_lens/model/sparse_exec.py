@@ -157,8 +157,8 @@ class SparseMatmul:
             self._density = float(torch.count_nonzero(w)) / max(1, w.numel())
             self._csr = None
             if self._density <= DENSITY_THRESHOLD:
-                with warnings.catch_warnings():  # "sparse CSR support is in beta": it is tested here
-                    warnings.simplefilter("ignore", UserWarning)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", UserWarning)  # "CSR support is in beta"
                     self._csr = (w.T.contiguous().to_sparse_csr(), w.contiguous().to_sparse_csr())
         self._key = key
 

@@ -757,11 +757,11 @@ def test_discretise_finds_a_subset_that_beats_the_whole_model(monkeypatch):
     monkeypatch.setattr(
         pruning, "keep_hooks", lambda m, keep, ablation: sum(int(v.sum()) for v in keep.values())
     )
-    monkeypatch.setattr(
-        pruning, "hooked_answer_logits", lambda m, val, hooks: torch.tensor([float(hooks)])
+    monkeypatch.setattr(  # one "logit" per prompt: the number of nodes kept
+        pruning, "hooked_answer_logits", lambda m, val, hooks: torch.full((len(val),), hooks)
     )
     monkeypatch.setattr(
-        pruning, "binary_loss", lambda logits, label: torch.tensor([loss_of(int(logits[0]))])
+        pruning, "binary_loss", lambda logits, label: logits.double().apply_(loss_of)
     )
     val = one_pair_batch()
     found = pruning.discretise(model, masks, val, None, target_loss=0.15)
@@ -805,7 +805,7 @@ def test_refine_drops_what_the_target_does_not_need(monkeypatch):
     tau = torch.linspace(1.0, -1.0, n)
     val, train = one_pair_batch(), one_pair_batch()
 
-    def loss(model, masks, keep, batch, ablation):
+    def loss(model, masks, keep, batch, ablation, bound=None):
         needed = {2, 5} | ({7} if batch is train else set())
         return 0.1 if all(bool(keep[i]) for i in needed) else 0.9
 

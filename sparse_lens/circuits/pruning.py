@@ -49,6 +49,7 @@ from sparse_lens.circuits.evaluate import (
     calibrate,
     chunked_answer_logits,
     hooked_answer_logits,
+    length_chunks,
     take_rows,
 )
 from sparse_lens.circuits.masks import NodeMasks, keep_hooks
@@ -57,6 +58,9 @@ from sparse_lens.errors import SparseLensError
 from sparse_lens.nodes import node_name, node_sites
 from sparse_lens.tasks.batch import TaskBatch
 from sparse_lens.tasks.files import TasksDirs
+
+EVAL_CHUNK = 64
+"""Prompts per forward when scoring a fixed node set (:func:`hooked_answer_logits`'s default)."""
 
 DEFAULT_SEARCH = ((1.0, 10.0), (10.0, 10.0), (100.0, 10.0), (300.0, 10.0), (1000.0, 10.0))
 """k_coef climbs 1000x over five warm-started runs: on the shipped model the third run still
@@ -337,9 +341,9 @@ def discretise(
         keep[order[:k]] = True
         return keep
 
-    def loss_at(k: int) -> float:
+    def loss_at(k: int, bound: float | None = None) -> float:
         if k not in losses:
-            losses[k] = keep_loss(model, masks, keep_of(k), val, ablation)
+            losses[k] = keep_loss(model, masks, keep_of(k), val, ablation, bound=bound)
         return losses[k]
 
     n_open = masks.n_open()
@@ -359,7 +363,7 @@ def discretise(
         return Discretised(keep_of(best_k), best_k, losses[best_k], False, len(losses))
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        if loss_at(mid) <= target_loss:
+        if loss_at(mid, bound=target_loss) <= target_loss:  # only "above?" matters here
             hi = mid
         else:
             lo = mid
@@ -367,11 +371,34 @@ def discretise(
 
 
 def keep_loss(
-    model: nn.Module, masks: NodeMasks, keep: Tensor, batch: TaskBatch, ablation
+    model: nn.Module,
+    masks: NodeMasks,
+    keep: Tensor,
+    batch: TaskBatch,
+    ablation,
+    bound: float | None = None,
 ) -> float:
-    """Task loss on ``batch`` with only the ``keep`` nodes live (the rest ablated)."""
+    """Task loss on ``batch`` with only the ``keep`` nodes live (the rest ablated).
+
+    With ``bound``, the prompts are evaluated a chunk at a time and ``inf`` is returned as soon
+    as the loss is certain to exceed ``bound`` (per-prompt losses are non-negative, so the sum so
+    far only grows): a search that only asks "above the target?" skips the rest of the forwards.
+    A loss at or under the bound is the same number as without it (the same chunks run)."""
     hooks = keep_hooks(model, masks.keep_dict(keep), ablation)
-    return float(binary_loss(hooked_answer_logits(model, batch, hooks), batch.label).mean())
+    if bound is None:
+        return float(binary_loss(hooked_answer_logits(model, batch, hooks), batch.label).mean())
+    # a margin far above float rounding of the running sum, so "certain" is certain
+    limit = bound * len(batch) * (1 + 1e-5) + 1e-6
+    rows, parts, total = [], [], 0.0
+    for chunk_rows, chunk in length_chunks(batch, EVAL_CHUNK):
+        logits = hooked_answer_logits(model, chunk, hooks)
+        total += float(binary_loss(logits, chunk.label).sum())
+        if total > limit:
+            return math.inf
+        rows.append(chunk_rows)
+        parts.append(logits)
+    logits = torch.cat(parts)[torch.argsort(torch.cat(rows))]
+    return float(binary_loss(logits, batch.label).mean())
 
 
 def node_degrees(model: nn.Module, masks: NodeMasks, keep: Tensor) -> dict[int, int]:
@@ -433,10 +460,11 @@ def refine(
                 break
             trials += 1
             keep[f] = False
-            trial = keep_loss(model, masks, keep, val, ablation)
+            trial = keep_loss(model, masks, keep, val, ablation, bound=target_loss)
             if (
                 trial <= target_loss
-                and keep_loss(model, masks, keep, train, ablation) <= target_loss
+                and keep_loss(model, masks, keep, train, ablation, bound=target_loss)
+                <= target_loss
             ):
                 loss, converged = trial, False
             else:

@@ -319,9 +319,10 @@ def _optimise_masks(
             optimizer.step()
             schedule.step()
             masks.clamp_()
-            bar.set_postfix(
-                loss=f"{loss.item():.4f}", task=f"{task.item():.4f}", open=masks.n_open()
-            )
+            if progress:  # three host syncs per step: only when someone is watching
+                bar.set_postfix(
+                    loss=f"{loss.item():.4f}", task=f"{task.item():.4f}", open=masks.n_open()
+                )
     bar.close()
     masks._gates = None
     return {"final_task_loss": task.item(), "open_after_training": masks.n_open()}

@@ -89,6 +89,14 @@ def test_node_mask_gradients_agree_between_paths(csr_products):
     torch.testing.assert_close(grads[1], grads[0], atol=1e-5, rtol=1e-4)
 
 
+def test_small_products_stay_dense_without_timing(csr_products, monkeypatch):
+    monkeypatch.setattr(sparse_exec, "_sparse_wins", lambda *args: pytest.fail("timed"))
+    model = tiny_model(seed=8, density=1 / 16)
+    with torch.no_grad():
+        model(random_tokens(model))
+    assert not csr_products
+
+
 def test_training_forward_keeps_the_dense_path(csr_products):
     model = tiny_model(seed=6, density=1 / 16)
     tokens = random_tokens(model)
@@ -107,6 +115,7 @@ def test_switches_config_flag_context_and_density(csr_products, monkeypatch):
     tokens = random_tokens(model)
     monkeypatch.setattr(sparse_exec, "_sparse_wins", lambda *args: True)
     monkeypatch.setattr(sparse_exec, "COST_MODEL", {})
+    monkeypatch.setattr(sparse_exec, "MIN_MACS", 0)
     with torch.no_grad():
         model.set_sparse_execution(False)
         model(tokens)
@@ -139,6 +148,7 @@ def test_cost_model_measures_once_per_bucket_and_is_obeyed(csr_products, monkeyp
 
     monkeypatch.setattr(sparse_exec, "_sparse_wins", fake_timing)
     monkeypatch.setattr(sparse_exec, "COST_MODEL", {})
+    monkeypatch.setattr(sparse_exec, "MIN_MACS", 0)
     generator = torch.Generator().manual_seed(0)
     narrow, wide = (torch.randn(32, n, generator=generator) for n in (32, 64))
     narrow.mul_(torch.rand(narrow.shape, generator=generator) < 0.1)

@@ -805,7 +805,7 @@ def test_refine_drops_what_the_target_does_not_need(monkeypatch):
     tau = torch.linspace(1.0, -1.0, n)
     val, train = one_pair_batch(), one_pair_batch()
 
-    def loss(model, masks, keep, batch, ablation, bound=None):
+    def loss(model, masks, keep, batch, ablation, bound=None, resume=None):
         needed = {2, 5} | ({7} if batch is train else set())
         return 0.1 if all(bool(keep[i]) for i in needed) else 0.9
 

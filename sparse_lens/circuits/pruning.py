@@ -390,7 +390,9 @@ class BlockInputs:
 
     @staticmethod
     def applies(model: nn.Module, batch: TaskBatch, ablation, max_bytes: float = 2**28) -> bool:
-        stateless = ablation is None or type(ablation).new_forward is Ablation.new_forward
+        stateless = isinstance(ablation, Ablation) and (
+            type(ablation).new_forward is Ablation.new_forward
+        )
         size = batch.tokens.numel() * model.cfg.d_model * 4 * (model.cfg.n_layers - 1)
         return stateless and model.cfg.n_layers > 1 and size <= max_bytes
 

@@ -19,14 +19,22 @@ pairs per run.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
+import os
+import re
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+CODE_ROOT = Path(os.environ.get("PRUNE_SPEED_CODE", ROOT))
+"""Whose sparse_lens is timed: this checkout's, or (--baseline-ref) an exported ref's."""
+sys.path.insert(0, str(CODE_ROOT))
 
 
 def _random_cpu_model():
@@ -48,6 +56,34 @@ def _random_cpu_model():
     return model.eval()
 
 
+def _compare_with(ref: str, argv: list[str]) -> int:
+    """Run this benchmark script on ``ref``'s package (exported with ``git archive``; the
+    repository is only read), then on this checkout's, one after the other, and print the
+    wall-time ratio. The node-set digests say whether both found the same circuit."""
+    walls = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        archive = subprocess.run(
+            ["git", "-C", str(ROOT), "archive", "--format=tar", ref],
+            check=True,
+            capture_output=True,
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
+        for label, root in ((f"before ({ref})", Path(tmp)), ("after (this checkout)", ROOT)):
+            print(f"==== {label}", flush=True)
+            env = {**os.environ, "PYTHONPATH": str(root), "PRUNE_SPEED_CODE": str(root)}
+            out = subprocess.run(
+                [sys.executable, __file__, *argv], env=env, capture_output=True, text=True
+            )
+            text = out.stdout + (out.stderr if out.returncode else "")
+            print(text, end="", flush=True)
+            match = re.search(r"prune: ([0-9.]+)s wall", text)
+            walls[label] = float(match.group(1)) if match else None
+    before, after = walls.values()
+    if before and after:
+        print(f"speed-up: {before:.1f}s -> {after:.1f}s wall, {before / after:.2f}x")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -58,7 +94,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-pairs", type=int, help="pairs per step (default: PruneConfig's)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--target-loss", type=float, default=0.15)
+    parser.add_argument(
+        "--baseline-ref",
+        help="also time this git ref's code (e.g. main) first, in a subprocess, and print both",
+    )
     args = parser.parse_args(argv)
+    if args.baseline_ref:
+        rest = list(sys.argv[1:] if argv is None else argv)
+        at = next(i for i, a in enumerate(rest) if a.startswith("--baseline-ref"))
+        del rest[at : at + (1 if "=" in rest[at] else 2)]
+        return _compare_with(args.baseline_ref, rest)
     torch.set_num_threads(args.threads)
 
     from dataclasses import replace
@@ -134,10 +179,14 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"prune: {wall:.1f}s wall for {len(config.search)} runs x {config.steps} steps of "
         f"{config.batch_pairs} pairs: {steps / t['optimise']:.2f} steps/s "
-        f"({t['optimise']:.1f}s optimising, {t['discretise']:.1f}s bisecting)"
+        f"({t['optimise']:.1f}s optimising, {t['discretise']:.1f}s bisecting, "
+        f"{t.get('refine', 0.0):.1f}s refining)"
     )
     found = result.circuit
-    what = f"circuit of {found.n_nodes} nodes, {found.n_edges} edges" if found else "target missed"
+    what = "target missed"
+    if found:
+        digest = hashlib.sha256(json.dumps(sorted(n.name for n in found.nodes)).encode()).hexdigest()[:12]
+        what = f"circuit of {found.n_nodes} nodes, {found.n_edges} edges (node set {digest})"
     print(
         f"result: {what} "
         f"at loss {result.best_loss:.4f} (target {config.target_loss:.4f}, full {result.full_loss:.4f})"

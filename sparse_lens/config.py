@@ -43,8 +43,8 @@ POSITIONAL_EMBEDDINGS = ("none", "standard", "concat")
 RESIDUAL_ACTIVATIONS = ("identity", "relu")
 ACT_FNS = ("gelu", "relu")
 
-# TL fields that are runtime properties of a loaded model, not of the architecture.
-_RUNTIME_FIELDS = ("device", "dtype")
+# Runtime properties of a loaded model, not of the architecture (never saved or read back).
+_RUNTIME_FIELDS = ("device", "dtype", "sparse_exec")
 
 
 @dataclass
@@ -85,6 +85,9 @@ class SparseConfig(TransformerLensConfig):
     """A (non-trained) per-vocab logit bias buffer ``unembed.b_U``, as in OpenAI's release."""
     init_range: float = 0.02
     model_name: str = "sparse-lens"
+    sparse_exec: bool = True
+    """Run sparse weights as CSR matmuls where that is faster and the weights are not training
+    (:mod:`sparse_lens.model.sparse_exec`). A runtime switch: not saved in config.json."""
 
     def __post_init__(self) -> None:
         if isinstance(self.afrac_locations, list):

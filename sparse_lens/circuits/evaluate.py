@@ -34,13 +34,22 @@ from sparse_lens.tasks.batch import TaskBatch
 Hooks = Sequence[tuple[str, Callable]]
 
 
-def answer_logits(model: nn.Module, batch: TaskBatch) -> Float[Tensor, "batch 2"]:
-    """Logits of answer A and answer B at each prompt's last position (differentiable)."""
+def answer_logits(
+    model: nn.Module, batch: TaskBatch, start: tuple[int, Tensor] | None = None
+) -> Float[Tensor, "batch 2"]:
+    """Logits of answer A and answer B at each prompt's last position (differentiable).
+
+    ``start`` = (layer, the residual stream entering that block) runs the blocks from there
+    (the same numbers as the whole forward, when the stream came from it)."""
     device = model.W_E.device
     tokens = batch.tokens.to(device)
     last_pos = batch.last_pos.to(device)
     ids = batch.answer_ids.to(device)
-    resid = model(tokens, stop_at_layer=model.cfg.n_layers)
+    n_layers = model.cfg.n_layers
+    if start is None:
+        resid = model(tokens, stop_at_layer=n_layers)
+    else:
+        resid = model(start[1], start_at_layer=start[0], stop_at_layer=n_layers, tokens=tokens)
     rows = torch.arange(len(batch), device=device)
     # one position per prompt, kept as a pos dim of 1 so ln_final's hooks see [batch, pos, ...]
     last = (resid[rows, last_pos][:, None], tokens[rows, last_pos][:, None], ids[:, None])

@@ -42,13 +42,15 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor, nn
 
-from sparse_lens.circuits.ablation import MeanCache, make_ablation
+from sparse_lens.circuits.ablation import Ablation, MeanCache, make_ablation
 from sparse_lens.circuits.circuit import Circuit, circuit_edges
 from sparse_lens.circuits.evaluate import (
+    answer_logits,
     binary_loss,
     calibrate,
     chunked_answer_logits,
     hooked_answer_logits,
+    length_chunks,
     take_rows,
 )
 from sparse_lens.circuits.masks import NodeMasks, keep_hooks
@@ -59,6 +61,9 @@ from sparse_lens.nodes import node_name, node_sites
 from sparse_lens.schema import dataclass_from_dict
 from sparse_lens.tasks.batch import TaskBatch
 from sparse_lens.tasks.files import TasksDirs
+
+EVAL_CHUNK = 64
+"""Prompts per forward when scoring a fixed node set (:func:`hooked_answer_logits`'s default)."""
 
 DEFAULT_SEARCH = ((1.0, 10.0), (10.0, 10.0), (100.0, 10.0), (300.0, 10.0), (1000.0, 10.0))
 """k_coef climbs 1000x over five warm-started runs: on the shipped model the third run still
@@ -297,9 +302,10 @@ def _optimise_masks(
             optimizer.step()
             schedule.step()
             masks.clamp_()
-            bar.set_postfix(
-                loss=f"{loss.item():.4f}", task=f"{task.item():.4f}", open=masks.n_open()
-            )
+            if progress:  # three host syncs per step: only when someone is watching
+                bar.set_postfix(
+                    loss=f"{loss.item():.4f}", task=f"{task.item():.4f}", open=masks.n_open()
+                )
     bar.close()
     masks._gates = None
     return {"final_task_loss": task.item(), "open_after_training": masks.n_open()}
@@ -319,9 +325,9 @@ def discretise(
         keep[order[:k]] = True
         return keep
 
-    def loss_at(k: int) -> float:
+    def loss_at(k: int, bound: float | None = None) -> float:
         if k not in losses:
-            losses[k] = keep_loss(model, masks, keep_of(k), val, ablation)
+            losses[k] = keep_loss(model, masks, keep_of(k), val, ablation, bound=bound)
         return losses[k]
 
     n_open = masks.n_open()
@@ -341,19 +347,110 @@ def discretise(
         return Discretised(keep_of(best_k), best_k, losses[best_k], False, len(losses))
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        if loss_at(mid) <= target_loss:
+        if loss_at(mid, bound=target_loss) <= target_loss:  # only "above?" matters here
             hi = mid
         else:
             lo = mid
     return Discretised(keep_of(hi), hi, losses[hi], True, len(losses))
 
 
+class BlockInputs:
+    """The residual stream entering each block, per evaluation chunk of one batch, under a
+    fixed node set, so that a trial changing only nodes of block L can start at block L.
+
+    What enters block L depends only on the nodes of blocks before L. After the node set
+    changes in block L, :meth:`stale_after` marks the inputs of later blocks stale; they are
+    recomputed on next use. Only for ablations without per-forward state (mean, zero): a
+    resample ablation draws once per whole forward, which a resumed forward would not repeat.
+    """
+
+    def __init__(self, model: nn.Module, batch: TaskBatch):
+        self.model = model
+        self.chunks = length_chunks(batch, EVAL_CHUNK)
+        self.inputs: list[dict[int, Tensor]] = [{} for _ in self.chunks]
+        self.fresh_below = 1  # inputs of blocks < fresh_below are current (block 0: embeddings)
+
+    @staticmethod
+    def applies(model: nn.Module, batch: TaskBatch, ablation, max_bytes: float = 2**28) -> bool:
+        stateless = isinstance(ablation, Ablation) and (
+            type(ablation).new_forward is Ablation.new_forward
+        )
+        size = batch.tokens.numel() * model.cfg.d_model * 4 * (model.cfg.n_layers - 1)
+        return stateless and model.cfg.n_layers > 1 and size <= max_bytes
+
+    def stale_after(self, layer: int) -> None:
+        self.fresh_below = min(self.fresh_below, layer + 1)
+
+    def entering(self, i: int, layer: int, hooks) -> Tensor:
+        """Chunk ``i``'s stream entering block ``layer`` (``hooks``: the current node set's)."""
+        if layer >= self.fresh_below:
+            with torch.no_grad(), self.model.hooks(fwd_hooks=list(hooks)):
+                for j, (_, chunk) in enumerate(self.chunks):
+                    tokens = chunk.tokens.to(self.model.W_E.device)
+                    resid = self.inputs[j].get(self.fresh_below - 1)
+                    for block in range(self.fresh_below, self.model.cfg.n_layers):
+                        if block == 1:
+                            resid = self.model(tokens, stop_at_layer=1)
+                        else:
+                            resid = self.model(
+                                resid, start_at_layer=block - 1, stop_at_layer=block, tokens=tokens
+                            )
+                        self.inputs[j][block] = resid
+            self.fresh_below = self.model.cfg.n_layers
+        return self.inputs[i][layer]
+
+
 def keep_loss(
-    model: nn.Module, masks: NodeMasks, keep: Tensor, batch: TaskBatch, ablation
+    model: nn.Module,
+    masks: NodeMasks,
+    keep: Tensor,
+    batch: TaskBatch,
+    ablation,
+    bound: float | None = None,
+    resume: tuple[BlockInputs, int, Any] | None = None,
 ) -> float:
-    """Task loss on ``batch`` with only the ``keep`` nodes live (the rest ablated)."""
+    """Task loss on ``batch`` with only the ``keep`` nodes live (the rest ablated).
+
+    With ``bound``, the prompts are evaluated a chunk at a time and ``inf`` is returned as soon
+    as the loss is certain to exceed ``bound`` (per-prompt losses are non-negative, so the sum so
+    far only grows): a search that only asks "above the target?" skips the rest of the forwards.
+    A loss at or under the bound is the same number as without it (the same chunks run).
+
+    ``resume`` = (the batch's :class:`BlockInputs`, layer L, the hooks of the node set those
+    inputs were taken under) for a ``keep`` that differs from that set only in blocks >= L:
+    the forwards start at block L, with the same result."""
     hooks = keep_hooks(model, masks.keep_dict(keep), ablation)
-    return float(binary_loss(hooked_answer_logits(model, batch, hooks), batch.label).mean())
+    if bound is None and resume is None:
+        return float(binary_loss(hooked_answer_logits(model, batch, hooks), batch.label).mean())
+    # a margin far above float rounding of the running sum, so "certain" is certain
+    limit = math.inf if bound is None else bound * len(batch) * (1 + 1e-5) + 1e-6
+    chunks = length_chunks(batch, EVAL_CHUNK) if resume is None else resume[0].chunks
+    rows, parts, total = [], [], 0.0
+    for i, (chunk_rows, chunk) in enumerate(chunks):
+        if resume is None or resume[1] == 0:
+            logits = hooked_answer_logits(model, chunk, hooks)
+        else:
+            inputs, layer, base_hooks = resume
+            start = (layer, inputs.entering(i, layer, base_hooks))
+            with torch.no_grad(), model.hooks(fwd_hooks=list(hooks)):
+                logits = answer_logits(model, chunk, start).float().cpu()
+        total += float(binary_loss(logits, chunk.label).sum())
+        if total > limit:
+            return math.inf
+        rows.append(chunk_rows)
+        parts.append(logits)
+    logits = torch.cat(parts)[torch.argsort(torch.cat(rows))]
+    return float(binary_loss(logits, batch.label).mean())
+
+
+def _block_of_nodes(masks: NodeMasks) -> list[int]:
+    """The block (layer) index of every flat node, from its site's hook name."""
+    out: list[int] = []
+    for i, site in enumerate(masks.sites):
+        parts = site.hook.split(".")
+        layer = int(parts[1]) if parts[0] == "blocks" else 0
+        out += [layer] * (masks.offsets[i + 1] - masks.offsets[i])
+    return out
 
 
 def node_degrees(model: nn.Module, masks: NodeMasks, keep: Tensor) -> dict[int, int]:
@@ -405,6 +502,22 @@ def refine(
     keep = keep.clone()
     loss = keep_loss(model, masks, keep, val, ablation)
     trials, converged = 0, False
+    inputs = {
+        name: BlockInputs(model, batch)
+        for name, batch in (("val", val), ("train", train))
+        if BlockInputs.applies(model, batch, ablation)
+    }
+    layer_of = _block_of_nodes(masks)
+
+    def trial_loss(name: str, batch: TaskBatch, f: int) -> float:
+        resume = None
+        if name in inputs:
+            keep[f] = True
+            base_hooks = keep_hooks(model, masks.keep_dict(keep), ablation)
+            keep[f] = False
+            resume = (inputs[name], layer_of[f], base_hooks)
+        return keep_loss(model, masks, keep, batch, ablation, bound=target_loss, resume=resume)
+
     while trials < max_trials and not converged:
         degree = node_degrees(model, masks, keep)
         order = sorted(degree, key=lambda f: (-degree[f], float(tau[f]), f))
@@ -415,12 +528,11 @@ def refine(
                 break
             trials += 1
             keep[f] = False
-            trial = keep_loss(model, masks, keep, val, ablation)
-            if (
-                trial <= target_loss
-                and keep_loss(model, masks, keep, train, ablation) <= target_loss
-            ):
+            trial = trial_loss("val", val, f)
+            if trial <= target_loss and trial_loss("train", train, f) <= target_loss:
                 loss, converged = trial, False
+                for cached in inputs.values():
+                    cached.stale_after(layer_of[f])
             else:
                 keep[f] = True
         if not keep.any():

@@ -26,6 +26,7 @@ from transformer_lens.hook_points import HookPoint
 
 from sparse_lens.config import SparseConfig
 from sparse_lens.model.components import AbsTopK, maybe_abstopk
+from sparse_lens.model.sparse_exec import SparseMatmul
 from sparse_lens.model.typecheck import shape_checked
 
 
@@ -63,6 +64,7 @@ class Attention(nn.Module):
         self.topk_k = maybe_abstopk(cfg, "attn_k")
         self.topk_v = maybe_abstopk(cfg, "attn_v")
         self.topk_write = maybe_abstopk(cfg, "attn_out")
+        self.matmul_qkv, self.matmul_o = SparseMatmul(), SparseMatmul()
 
         self.hook_read = HookPoint()  # [batch, pos, d_in]   node: attention residual read
         self.hook_q = HookPoint()  # [batch, pos, head, d_head]  node: q channel
@@ -92,9 +94,13 @@ class Attention(nn.Module):
         # One [d_in, 3 * h * d_head] matmul instead of 3 * h tiny per-head ones (the weights stay
         # stored in TL layout; this concatenation is a cheap copy of the small weight tensors).
         h, dh = self.cfg.n_heads, self.cfg.d_head
-        W = torch.cat([self.W_Q, self.W_K, self.W_V]).permute(1, 0, 2).reshape(x.shape[-1], 3 * h * dh)
+
+        def weight() -> Tensor:  # built only when used: the sparse path caches its own copy
+            return torch.cat([self.W_Q, self.W_K, self.W_V]).permute(1, 0, 2).reshape(x.shape[-1], 3 * h * dh)
+
         b = torch.cat([self.b_Q, self.b_K, self.b_V]).reshape(-1)
-        qkv = F.linear(x, W.T, b)  # bias fused into the matmul
+        sources = (self.W_Q, self.W_K, self.W_V)
+        qkv = self.matmul_qkv(x, weight, b, sources, self.cfg.sparse_exec)  # bias fused in
         shape = (*x.shape[:-1], h, dh)
         topk = (self.topk_q, self.topk_k, self.topk_v)
         if all(isinstance(t, AbsTopK) for t in topk) and len({t.frac for t in topk}) == 1:
@@ -120,7 +126,8 @@ class Attention(nn.Module):
             result = self.hook_result(torch.einsum("bphd,hdm->bphm", z, self.W_O))
             out = result.sum(-2) + self.b_O
         else:
-            out = F.linear(z.flatten(-2), self.W_O.reshape(-1, self.cfg.d_model).T, self.b_O)
+            W_O = self.W_O.reshape(-1, self.cfg.d_model)
+            out = self.matmul_o(z.flatten(-2), W_O, self.b_O, (self.W_O,), self.cfg.sparse_exec)
         return self.topk_write(out)
 
     def _explicit_attention(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from transformer_lens.hook_points import HookPoint
 
 from sparse_lens.config import SparseConfig
+from sparse_lens.model.sparse_exec import SparseMatmul
 from sparse_lens.model.typecheck import shape_checked
 
 
@@ -140,6 +141,8 @@ class Unembed(nn.Module):
         if not cfg.tied_unembed:
             self.W_U = nn.Parameter(torch.empty(cfg.d_model, cfg.d_vocab))
         self.register_buffer("b_U", torch.zeros(cfg.d_vocab), persistent=cfg.final_logits_bias)
+        self.cfg = cfg
+        self.matmul = SparseMatmul()
 
     def __getattr__(self, name: str):
         if name == "W_U" and self.__dict__.get("_tied_embed"):
@@ -148,7 +151,10 @@ class Unembed(nn.Module):
 
     @shape_checked
     def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_vocab"]:
-        return x @ self.W_U + self.b_U
+        W_U = self.W_U
+        source = W_U if self._tied_embed is None else self._tied_embed[0].W_E
+        out = self.matmul.sparse_or_none(x, W_U, self.b_U, (source,), self.cfg.sparse_exec)
+        return x @ W_U + self.b_U if out is None else out
 
 
 class BigramTable(nn.Module):

@@ -11,6 +11,7 @@ from transformer_lens.hook_points import HookPoint
 from sparse_lens.config import SparseConfig
 from sparse_lens.model.attention import _bias
 from sparse_lens.model.components import maybe_abstopk
+from sparse_lens.model.sparse_exec import SparseMatmul
 from sparse_lens.model.typecheck import shape_checked
 
 ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu}  # "gelu" is the exact erf GELU, as in OpenAI's code
@@ -28,6 +29,7 @@ class MLP(nn.Module):
         self.topk_read = maybe_abstopk(cfg, "mlp_in")
         self.topk_neuron = maybe_abstopk(cfg, "mlp_neuron")
         self.topk_write = maybe_abstopk(cfg, "mlp_out")
+        self.matmul_in, self.matmul_out = SparseMatmul(), SparseMatmul()
 
         self.hook_read = HookPoint()  # [batch, pos, d_in]   node: MLP residual read
         self.hook_pre = HookPoint()  # [batch, pos, d_mlp]   pre-activation
@@ -36,6 +38,7 @@ class MLP(nn.Module):
     @shape_checked
     def forward(self, x: Float[Tensor, "batch pos d_in"]) -> Float[Tensor, "batch pos d_model"]:
         x = self.hook_read(self.topk_read(x))
-        pre = self.hook_pre(F.linear(x, self.W_in.T, self.b_in))  # bias fused into the matmul
+        sparse = self.cfg.sparse_exec
+        pre = self.hook_pre(self.matmul_in(x, self.W_in, self.b_in, (self.W_in,), sparse))
         post = self.hook_post(self.topk_neuron(self.act(pre)))
-        return self.topk_write(F.linear(post, self.W_out.T, self.b_out))
+        return self.topk_write(self.matmul_out(post, self.W_out, self.b_out, (self.W_out,), sparse))

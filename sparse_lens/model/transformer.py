@@ -136,6 +136,11 @@ class SparseTransformer(HookedRootModule):
             block.attn.set_use_attn_result(self.cfg.use_attn_result)
         self.setup()  # refresh the hook registry
 
+    def set_sparse_execution(self, enabled: bool = True) -> None:
+        """Let sparse weights run as CSR matmuls where measured faster, in forwards that do not
+        train them (on by default; :mod:`sparse_lens.model.sparse_exec`)."""
+        self.cfg.sparse_exec = bool(enabled)
+
     def set_tokenizer(self, tokenizer: Tokenizer) -> None:
         size = tokenizer.get_vocab_size()
         if size != self.cfg.d_vocab:

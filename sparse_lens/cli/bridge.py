@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import argparse
 
+from sparse_lens.cli.options import add_tasks_dir
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -90,6 +92,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     steer.add_argument(
         "--task", default="single_double_quote", help="the task whose pairs to steer"
     )
+    add_tasks_dir(steer)
     steer.add_argument(
         "--value", type=float, help="a fixed counterfactual (default: the partner prompt's)"
     )
@@ -335,7 +338,7 @@ def run_steer(args: argparse.Namespace) -> int:
 
     strengths = _strengths(args.strengths)
     bridges, dense, sparse, _ = load_bridged_models(args.bridges, args.dense, args.sparse)
-    task = get_task(args.task)
+    task = get_task(args.task, tasks_dir=args.tasks_dir)
     pairs = generate_pairs(
         task,
         _positive(args.n_pairs, "n-pairs"),

@@ -111,7 +111,6 @@ def train_joint(
     tokenizer. Returns the trainer's :class:`~sparse_lens.train.trainer.TrainResult`."""
     weights = weights or LossWeights()
     from sparse_lens.io.checkpoint import ModelDir, resolve_checkpoint_dir
-    from sparse_lens.model import SparseTransformer
     from sparse_lens.train.runner import train_from_config
 
     dense_located = ModelDir.resolve(dense)
@@ -122,7 +121,7 @@ def train_joint(
             "the dense model has no tokenizer.json; joint training tokenizes with it",
             path=dense_dir,
         )
-    dense_model = SparseTransformer.from_pretrained(dense)
+    dense_model = dense_located.load()
     out_dir = Path(out_dir)
     refs = {"dense": model_reference(dense), "sparse": str(out_dir.resolve())}
     # The dense model's tokenizer, so the two vocabularies match by construction.
